@@ -1,0 +1,39 @@
+//! # sparsewatch-dsp: pure signal processing for sparsewatch
+//!
+//! Everything numeric the daemon does lives here, with no I/O, no clock, no threads, no
+//! logging and no async: inputs are samples with event timestamps, outputs are return values.
+//! Randomness, where a stage needs it, comes from a seeded RNG kept in its state, so the same
+//! input always gives byte-identical output, and every stage's state is serde-serialisable
+//! for checkpoints.
+//!
+//! ## Map
+//!
+//! - [`sample`]: [`Sample`], one validated reading (event time + finite channel values).
+//! - [`window`]: the [`Framer`](window::Framer) (window length L, hop H, C channels, gaps and
+//!   out-of-order samples handled) and the online [`Normaliser`](window::Normaliser).
+//! - [`score`]: raw scores ([`baseline`](score::baseline): rolling-window Gaussian), the
+//!   HTM-style [`likelihood`](score::likelihood), and the [`alert`](score::alert) state
+//!   machine (hysteresis, learning gate).
+//! - [`pipeline`]: [`Pipeline`], one per stream, wiring the stages in order; its
+//!   [`PipelineParams`] is the `[pipeline]` table of the daemon's configuration.
+//! - [`params`]: [`ParamError`], the error every checked parameter struct returns.
+//!
+//! ## Data flow of one sample
+//!
+//! `Pipeline::push(sample)` → framer (a window every H samples once L are held) → normaliser
+//! → scorer (raw score in [0, 1]) → likelihood (None during warm-up) → alerter (onset raises
+//! a [`Detection`]) → the scorer learns the window unless the stream is alerting.
+
+pub mod params;
+pub mod pipeline;
+pub mod sample;
+pub mod score;
+pub mod window;
+
+pub use params::ParamError;
+pub use pipeline::{
+    Detection, DetectorKind, Pipeline, PipelineCounters, PipelineParams, PushResult,
+    ValidPipelineParams, WindowReport,
+};
+pub use sample::{Sample, SampleError, MAX_CHANNELS};
+pub use score::{AlertState, AlertStep};

@@ -1,0 +1,185 @@
+//! The baseline detector: a rolling-window Gaussian on per-window features.
+//!
+//! For each channel the features of a window are its mean and its standard deviation (a level
+//! shift moves the first, a stuck-at fault or a vibration change moves the second). Each
+//! feature is compared with a normal fitted to the same feature over the last `history`
+//! learned windows, giving a two-sided tail probability per feature. The smallest tail, times
+//! the number of features (Bonferroni), is the window's p-value, and the raw score is its
+//! surprise in decades, `−log10(p) / 10`, capped to [0, 1]. Under stationary noise that is small
+//! (mean ≈ 0.04) with rare spikes; a real change pushes it to 1 within a window. A heavy-tailed
+//! score like this is what the likelihood stage calibrates well: a plain `1 − p` saturates near
+//! 1 and leaves no room between "unusual" and "never seen".
+//! It is the reference every other detector is compared with in `eval`.
+
+use serde::{Deserialize, Serialize};
+
+use super::special::erfc;
+use super::RawScore;
+use crate::params::{check_range, ParamError};
+use crate::window::WindowView;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineParams {
+    /// Learned windows the Gaussian is fitted over. Range 8..=65536, default 256.
+    pub history: usize,
+    /// Windows needed before scores are produced (score 0 before). Range 2..=history, default 16.
+    pub min_history: usize,
+}
+
+impl Default for BaselineParams {
+    fn default() -> Self {
+        Self {
+            history: 256,
+            min_history: 16,
+        }
+    }
+}
+
+impl BaselineParams {
+    pub fn check(&self) -> Result<(), ParamError> {
+        check_range("history", "in 8..=65536", self.history, 8, 65_536)?;
+        check_range(
+            "min_history",
+            "in 2..=history",
+            self.min_history,
+            2,
+            self.history,
+        )
+    }
+}
+
+const FEATURES_PER_CHANNEL: usize = 2;
+/// A p-value of 1e-10 or below scores 1.
+const SURPRISE_DECADES: f64 = 10.0;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BaselineScorer {
+    params: BaselineParams,
+    channels: usize,
+    /// Ring of feature vectors, `history` rows of `2·channels`.
+    ring: Vec<f64>,
+    stored: usize,
+    /// Features of the window scored last, kept so `learn` does not recompute them.
+    current: Vec<f64>,
+}
+
+impl BaselineScorer {
+    pub fn new(params: BaselineParams, channels: usize) -> Self {
+        params.check().expect("BaselineParams must be checked");
+        let width = FEATURES_PER_CHANNEL * channels;
+        Self {
+            ring: vec![0.0; params.history * width],
+            stored: 0,
+            current: vec![0.0; width],
+            channels,
+            params,
+        }
+    }
+
+    fn width(&self) -> usize {
+        FEATURES_PER_CHANNEL * self.channels
+    }
+
+    /// Scores a window (raw values) against the learned history. Does not learn.
+    pub fn score(&mut self, window: &WindowView<'_>) -> RawScore {
+        for c in 0..self.channels {
+            let xs = window.channel(c);
+            let n = xs.len() as f64;
+            let mean = xs.iter().sum::<f64>() / n;
+            let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+            self.current[FEATURES_PER_CHANNEL * c] = mean;
+            self.current[FEATURES_PER_CHANNEL * c + 1] = var.sqrt();
+        }
+        let have = self.stored.min(self.params.history);
+        if have < self.params.min_history {
+            return RawScore {
+                score: 0.0,
+                channel: 0,
+            };
+        }
+        let width = self.width();
+        let (mut min_tail, mut channel) = (1.0f64, 0);
+        for f in 0..width {
+            let (mut sum, mut sum_sq) = (0.0, 0.0);
+            for row in 0..have {
+                let v = self.ring[row * width + f];
+                sum += v;
+                sum_sq += v * v;
+            }
+            let mean = sum / have as f64;
+            let var = (sum_sq / have as f64 - mean * mean).max(0.0);
+            // A feature that never varied (a flat line) gets a scale relative to its size, so
+            // only a change that matters in relative terms scores high.
+            let std = var.sqrt().max(1e-9).max(1e-6 * mean.abs());
+            let z = (self.current[f] - mean) / std;
+            let tail = erfc(z.abs() / std::f64::consts::SQRT_2);
+            if tail < min_tail {
+                min_tail = tail;
+                channel = f / FEATURES_PER_CHANNEL;
+            }
+        }
+        let p = (min_tail * width as f64).clamp(f64::MIN_POSITIVE, 1.0);
+        RawScore {
+            score: (-p.log10() / SURPRISE_DECADES).clamp(0.0, 1.0),
+            channel,
+        }
+    }
+
+    /// Adds the features of the window scored last to the history.
+    pub fn learn(&mut self) {
+        let width = self.width();
+        let row = self.stored % self.params.history;
+        self.ring[row * width..(row + 1) * width].copy_from_slice(&self.current);
+        self.stored += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(values: &[f64]) -> WindowView<'_> {
+        WindowView {
+            start_ms: 0,
+            end_ms: 0,
+            len: values.len(),
+            channels: 1,
+            values,
+        }
+    }
+
+    #[test]
+    fn scores_zero_until_min_history_then_flags_a_shift() {
+        let mut b = BaselineScorer::new(BaselineParams::default(), 1);
+        for i in 0..40 {
+            let w: Vec<f64> = (0..8).map(|j| ((i * 8 + j) as f64 * 0.7).sin()).collect();
+            let s = b.score(&view(&w));
+            if i < 16 {
+                assert_eq!(s.score, 0.0);
+            }
+            b.learn();
+        }
+        let normal: Vec<f64> = (0..8).map(|j| ((320 + j) as f64 * 0.7).sin()).collect();
+        assert!(b.score(&view(&normal)).score < 0.5);
+        let shifted: Vec<f64> = normal.iter().map(|v| v + 5.0).collect();
+        assert_eq!(b.score(&view(&shifted)).score, 1.0);
+        let stuck = [0.3; 8];
+        assert!(
+            b.score(&view(&stuck)).score > 0.5,
+            "a stuck channel loses its variance"
+        );
+    }
+
+    #[test]
+    fn flat_history_stays_finite() {
+        let mut b = BaselineScorer::new(BaselineParams::default(), 1);
+        for _ in 0..20 {
+            b.score(&view(&[1.0; 8]));
+            b.learn();
+        }
+        let s = b.score(&view(&[1.0; 8]));
+        assert_eq!(s.score, 0.0);
+        assert!(b.score(&view(&[0.0; 8])).score.is_finite());
+    }
+}
