@@ -1,1 +1,134 @@
-fn main() {}
+//! `sparsewatch`: parse the command line, load the configuration (exit 2 when it is bad), set
+//! up logging, and hand over to the library. Exit 1 on a runtime failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sparsewatch::config::{self, Source, ValidSettings};
+use sparsewatch::{demo, service};
+
+#[derive(Parser)]
+#[command(
+    name = "sparsewatch",
+    version,
+    about = "Anomaly detection on MQTT sensor streams, at the edge"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// TOML configuration file (keys not given take their defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file (and SPARSEWATCH__* overrides) and print the result.
+    CheckConfig { file: PathBuf },
+    /// Print the default configuration, with a comment on every key.
+    PrintDefaultConfig,
+    /// A first look: embedded broker, the daemon, a recorded fixture replayed onto it.
+    Demo {
+        /// Fixture to replay (JSONL of MQTT messages).
+        #[arg(long, default_value = "fixtures/pump-bearing.jsonl")]
+        fixture: PathBuf,
+        /// Replay speed as a multiple of real time; 0 replays as fast as possible.
+        #[arg(long, default_value_t = 600.0)]
+        speed: f64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::PrintDefaultConfig => {
+            print!("{}", config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { file } => match config::load(Source::File(&file)) {
+            Ok(v) => {
+                println!(
+                    "{}: ok (node {}, broker {}:{}, detector {})",
+                    file.display(),
+                    v.settings.node.id,
+                    v.settings.mqtt.host,
+                    v.settings.mqtt.port,
+                    v.settings.pipeline.detector.name()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Run { config } => {
+            let source = config.as_deref().map_or(Source::Default, Source::File);
+            let settings = match config::load(source) {
+                Ok(v) => v,
+                Err(e) => return config_error(&e),
+            };
+            init_tracing(&settings.settings.log.level);
+            runtime_result(run_daemon(settings))
+        }
+        Command::Demo { fixture, speed } => {
+            init_tracing("warn,rumqttd=off,sparsewatch::mqtt=error");
+            let opts = demo::DemoOptions { fixture, speed };
+            runtime_result(tokio_runtime().and_then(|rt| rt.block_on(demo::run(opts)).map(|_| ())))
+        }
+    }
+}
+
+fn config_error(e: &config::ConfigError) -> ExitCode {
+    eprintln!("sparsewatch: {e}");
+    ExitCode::from(2)
+}
+
+fn runtime_result(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sparsewatch: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sparsewatch-io")
+        .enable_all()
+        .build()?)
+}
+
+fn run_daemon(settings: ValidSettings) -> anyhow::Result<()> {
+    tokio_runtime()?.block_on(async move {
+        service::run(settings, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM (systemd's stop signal).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Logs to stdout, one line per event, without colours when stdout is not a terminal
+/// (journald). RUST_LOG overrides the configured level.
+fn init_tracing(level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_target(false)
+        .init();
+}

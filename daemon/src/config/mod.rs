@@ -1,0 +1,389 @@
+//! Configuration: one TOML file plus `SPARSEWATCH__…` environment overrides, on top of the
+//! compiled-in default (`default.toml`, identical to `deploy/config/sparsewatch.example.toml`).
+//!
+//! Strict: unknown keys are errors, and every value is checked before the daemon starts, so a
+//! bad configuration is reported with the key at fault and exit code 2, never half-applied.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sparsewatch_dsp::{PipelineParams, ValidPipelineParams};
+use thiserror::Error;
+
+use crate::wire::TopicTemplate;
+
+/// The compiled-in default configuration, with a comment on every key.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Environment variable prefix; `SPARSEWATCH__MQTT__PORT=1884` sets `mqtt.port`.
+pub const ENV_PREFIX: &str = "SPARSEWATCH";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub node: NodeSettings,
+    pub mqtt: MqttSettings,
+    pub topics: TopicSettings,
+    pub workers: WorkerSettings,
+    pub output: OutputSettings,
+    pub log: LogSettings,
+    pub pipeline: PipelineParams,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub keep_alive_secs: u64,
+    pub subscribe: Vec<String>,
+    pub qos: u8,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub max_payload_bytes: usize,
+    pub request_queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    pub template: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub count: usize,
+    pub queue_capacity: usize,
+    pub max_streams: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSettings {
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub summary_interval_secs: u64,
+}
+
+/// A configuration that could not be loaded. The message names the file or key at fault.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Settings that passed every check, with the parts later stages need pre-parsed.
+#[derive(Debug, Clone)]
+pub struct ValidSettings {
+    pub settings: Settings,
+    pub pipeline: ValidPipelineParams,
+    pub template: TopicTemplate,
+}
+
+impl ValidSettings {
+    /// MQTT client id, defaulted from the node id.
+    pub fn client_id(&self) -> String {
+        if self.settings.mqtt.client_id.is_empty() {
+            format!("sparsewatch-{}", self.settings.node.id)
+        } else {
+            self.settings.mqtt.client_id.clone()
+        }
+    }
+
+    /// `<prefix>/<node>`, the root of every topic this daemon publishes.
+    pub fn topic_root(&self) -> String {
+        format!("{}/{}", self.settings.topics.prefix, self.settings.node.id)
+    }
+}
+
+/// Where configuration text comes from, lowest precedence first.
+pub enum Source<'a> {
+    /// The compiled-in default only.
+    Default,
+    /// A TOML file on disk.
+    File(&'a Path),
+    /// TOML text (tests, the demo).
+    Text(&'a str),
+}
+
+/// Loads the default, then `source`, then environment overrides, and checks the result.
+pub fn load(source: Source<'_>) -> Result<ValidSettings, ConfigError> {
+    load_with_env(source, std::env::vars())
+}
+
+/// As [`load`], with the environment given explicitly (so tests do not touch the process's).
+pub fn load_with_env(
+    source: Source<'_>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<ValidSettings, ConfigError> {
+    use config::{Config, Environment, File, FileFormat};
+    let mut builder =
+        Config::builder().add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml));
+    match source {
+        Source::Default => {}
+        Source::File(path) => {
+            // Check it exists ourselves for a plain "cannot read" error, then let `config` parse it
+            // from the path so syntax errors name the file.
+            std::fs::metadata(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        Source::Text(text) => builder = builder.add_source(File::from_str(text, FileFormat::Toml)),
+    }
+    let env: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .collect();
+    builder = builder.add_source(
+        Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("mqtt.subscribe")
+            .source(Some(env)),
+    );
+    let settings: Settings = builder
+        .build()
+        .and_then(Config::try_deserialize)
+        .map_err(|e| ConfigError::Parse(e.to_string()))?;
+    validate(settings)
+}
+
+/// Checks every value a type cannot express.
+pub fn validate(settings: Settings) -> Result<ValidSettings, ConfigError> {
+    let s = &settings;
+    check_topic_level("node.id", &s.node.id)?;
+    check_topic_level("topics.prefix", &s.topics.prefix)?;
+    if s.mqtt.host.trim().is_empty() {
+        return Err(invalid("mqtt.host", "must not be empty"));
+    }
+    if s.mqtt.port == 0 {
+        return Err(invalid("mqtt.port", "must be in 1..=65535"));
+    }
+    if !(5..=3600).contains(&s.mqtt.keep_alive_secs) {
+        return Err(invalid(
+            "mqtt.keep_alive_secs",
+            format!("must be in 5..=3600, got {}", s.mqtt.keep_alive_secs),
+        ));
+    }
+    if s.mqtt.subscribe.is_empty() {
+        return Err(invalid("mqtt.subscribe", "needs at least one topic filter"));
+    }
+    for f in &s.mqtt.subscribe {
+        check_filter(f).map_err(|r| invalid("mqtt.subscribe", format!("{f:?}: {r}")))?;
+    }
+    if s.mqtt.qos > 1 {
+        return Err(invalid(
+            "mqtt.qos",
+            format!("must be 0 or 1, got {}", s.mqtt.qos),
+        ));
+    }
+    if s.mqtt.reconnect_min_ms == 0 || s.mqtt.reconnect_min_ms > s.mqtt.reconnect_max_ms {
+        return Err(invalid(
+            "mqtt.reconnect_min_ms",
+            format!(
+                "must be in 1..=reconnect_max_ms ({}), got {}",
+                s.mqtt.reconnect_max_ms, s.mqtt.reconnect_min_ms
+            ),
+        ));
+    }
+    if !(16..=16 * 1024 * 1024).contains(&s.mqtt.max_payload_bytes) {
+        return Err(invalid(
+            "mqtt.max_payload_bytes",
+            format!("must be in 16..=16777216, got {}", s.mqtt.max_payload_bytes),
+        ));
+    }
+    check_count("mqtt.request_queue", s.mqtt.request_queue, 1, 1 << 20)?;
+    check_count("workers.count", s.workers.count, 1, 256)?;
+    check_count(
+        "workers.queue_capacity",
+        s.workers.queue_capacity,
+        1,
+        1 << 24,
+    )?;
+    check_count("workers.max_streams", s.workers.max_streams, 1, 1 << 24)?;
+    check_count("output.queue_capacity", s.output.queue_capacity, 1, 1 << 24)?;
+    tracing_subscriber::EnvFilter::try_new(&s.log.level)
+        .map_err(|e| invalid("log.level", format!("{:?}: {e}", s.log.level)))?;
+    let template = TopicTemplate::parse(&s.topics.template)
+        .map_err(|r| invalid("topics.template", format!("{:?}: {r}", s.topics.template)))?;
+    let pipeline = s.pipeline.clone().check().map_err(|e| {
+        invalid(
+            &format!("pipeline.{}", e.field),
+            format!("must be {}, got {}", e.expected, e.value),
+        )
+    })?;
+    Ok(ValidSettings {
+        settings,
+        pipeline,
+        template,
+    })
+}
+
+fn check_count(key: &str, v: usize, lo: usize, hi: usize) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("must be in {lo}..={hi}, got {v}")))
+    }
+}
+
+fn check_topic_level(key: &str, v: &str) -> Result<(), ConfigError> {
+    if v.is_empty() || v.contains(['/', '+', '#']) || v.chars().any(char::is_control) {
+        Err(invalid(
+            key,
+            format!("must be one non-empty MQTT topic level without '/', '+' or '#', got {v:?}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_filter(f: &str) -> Result<(), &'static str> {
+    if f.is_empty() {
+        return Err("empty topic filter");
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err("'#' must be a whole last level");
+        }
+        if level.contains('+') && *level != "+" {
+            return Err("'+' must be a whole level");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        vec![]
+    }
+
+    #[test]
+    fn the_example_config_is_the_compiled_in_default() {
+        let example = include_str!("../../../deploy/config/sparsewatch.example.toml");
+        assert_eq!(
+            example, DEFAULT_CONFIG,
+            "deploy/config/sparsewatch.example.toml must be identical to daemon/src/config/default.toml"
+        );
+    }
+
+    #[test]
+    fn the_default_loads_and_matches_the_dsp_defaults() {
+        let v = load_with_env(Source::Default, no_env()).unwrap();
+        // The [pipeline] table documents the dsp defaults; they must agree.
+        assert_eq!(v.settings.pipeline, PipelineParams::default());
+        assert_eq!(v.client_id(), "sparsewatch-edge-1");
+        assert_eq!(v.topic_root(), "sparsewatch/edge-1");
+    }
+
+    #[test]
+    fn a_file_overrides_only_what_it_names() {
+        let v = load_with_env(
+            Source::Text("[mqtt]\nport = 1884\n[pipeline.framer]\nhop = 4\n"),
+            no_env(),
+        )
+        .unwrap();
+        assert_eq!(v.settings.mqtt.port, 1884);
+        assert_eq!(v.settings.mqtt.host, "127.0.0.1");
+        assert_eq!(v.settings.pipeline.framer.hop, 4);
+        assert_eq!(v.settings.pipeline.framer.window_len, 32);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = load_with_env(Source::Text("[mqtt]\nprot = 1884\n"), no_env()).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+        let err = load_with_env(Source::Text("[mqttt]\nport = 1884\n"), no_env()).unwrap_err();
+        assert!(err.to_string().contains("mqttt"), "{err}");
+        let err =
+            load_with_env(Source::Text("[pipeline.framer]\nwindow = 8\n"), no_env()).unwrap_err();
+        assert!(err.to_string().contains("window"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_reason() {
+        let cases = [
+            ("[mqtt]\nqos = 2\n", "mqtt.qos"),
+            ("[node]\nid = \"a/b\"\n", "node.id"),
+            ("[pipeline.framer]\nhop = 0\n", "pipeline.framer.hop"),
+            (
+                "[topics]\ntemplate = \"sensors/{a}/{a}\"\n",
+                "topics.template",
+            ),
+            ("[mqtt]\nsubscribe = [\"a/#/b\"]\n", "mqtt.subscribe"),
+            ("[workers]\ncount = 0\n", "workers.count"),
+            ("[log]\nlevel = \"=[\"\n", "log.level"),
+        ];
+        for (text, key) in cases {
+            let err = load_with_env(Source::Text(text), no_env()).unwrap_err();
+            assert!(err.to_string().contains(key), "{text:?} gave {err}");
+        }
+        let err = load_with_env(Source::Text("[mqtt]\nport = \"x\"\n"), no_env()).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_win() {
+        let env = vec![
+            ("SPARSEWATCH__MQTT__PORT".to_string(), "1999".to_string()),
+            (
+                "SPARSEWATCH__MQTT__SUBSCRIBE".to_string(),
+                "a/#,b/+".to_string(),
+            ),
+            (
+                "SPARSEWATCH__PIPELINE__ALERT__THRESHOLD".to_string(),
+                "0.999".to_string(),
+            ),
+            ("UNRELATED".to_string(), "1".to_string()),
+        ];
+        let v = load_with_env(Source::Text("[mqtt]\nport = 1884\n"), env).unwrap();
+        assert_eq!(v.settings.mqtt.port, 1999);
+        assert_eq!(v.settings.mqtt.subscribe, vec!["a/#", "b/+"]);
+        assert_eq!(v.settings.pipeline.alert.threshold, 0.999);
+        let env = vec![("SPARSEWATCH__MQTT__PROT".to_string(), "1".to_string())];
+        assert!(load_with_env(Source::Default, env).is_err());
+    }
+
+    #[test]
+    fn a_missing_file_is_reported_with_its_path() {
+        let err =
+            load_with_env(Source::File(Path::new("/nonexistent/x.toml")), no_env()).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/x.toml"), "{err}");
+    }
+}

@@ -1,0 +1,32 @@
+//! # sparsewatch: the daemon
+//!
+//! MQTT sensor streams in, anomaly events out. This crate owns everything that is not signal
+//! processing (that is `sparsewatch_dsp`): the command line, configuration, topics and payload
+//! formats, the MQTT client, worker threads and channels, and the demo.
+//!
+//! ## Map
+//!
+//! - [`config`]: the TOML file + environment overrides on the compiled-in default; strict
+//!   (unknown keys are errors) and checked up front ([`config::ValidSettings`]).
+//! - [`wire`]: topic templates → sensor keys, payload decoding → [`wire::Reading`], and the
+//!   JSON that sparsewatch publishes ([`wire::AnomalyMessage`], [`wire::StatusMessage`]).
+//! - [`mqtt`]: connection options with the Last Will, the ingest task that polls rumqttc's
+//!   event loop, and the publisher task.
+//! - [`worker`]: DSP worker threads behind bounded crossbeam channels; each sensor key belongs
+//!   to one worker, which owns its `dsp::Pipeline`.
+//! - [`service`]: [`service::run`], the daemon's lifetime, with the shutdown future as a
+//!   parameter, and the ordered clean stop.
+//! - [`metrics`]: the counters and the periodic one-line summary; rate-limited warnings.
+//! - [`fixtures`]: recorded traffic (JSONL of MQTT messages) and its labels.
+//! - [`demo`]: embedded broker + daemon + replayed fixture + printing subscriber.
+//!
+//! See ARCHITECTURE.md at the repository root for threads, channels and their capacities.
+
+pub mod config;
+pub mod demo;
+pub mod fixtures;
+pub mod metrics;
+pub mod mqtt;
+pub mod service;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,155 @@
+//! Counters shared by the MQTT task, the workers and the publisher, and the periodic one-line
+//! summary. Plain relaxed atomics: each counter is independent and only ever read for display.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Every count the daemon keeps. All are monotonic except `streams`.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A copy of the counters at one instant.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+        pub struct Snapshot {
+            $(pub $name: u64,)*
+        }
+
+        impl Metrics {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// PUBLISH packets received on subscribed topics.
+    messages,
+    /// Samples taken into a stream's window.
+    samples,
+    /// Windows completed and scored.
+    windows,
+    /// Incidents detected (anomaly events created).
+    detections,
+    /// Payloads that could not be decoded (malformed, non-number, non-finite, too large).
+    payload_errors,
+    /// Topics that do not match `topics.template`.
+    unknown_topics,
+    /// Samples refused because their timestamp was not after the previous one of the stream.
+    out_of_order,
+    /// Samples whose channel set differs from the stream's first sample.
+    channel_mismatch,
+    /// Gaps in event time that restarted a stream's window.
+    gaps,
+    /// Samples dropped because the owning worker's queue was full.
+    dropped_samples,
+    /// Anomaly events dropped because the output queue was full.
+    dropped_events,
+    /// Samples refused because `workers.max_streams` keys are already tracked.
+    refused_streams,
+    /// Anomaly events handed to the MQTT client.
+    events_published,
+    /// Connections to the broker established (the first one included).
+    connections,
+    /// Broker connection errors.
+    connection_errors,
+    /// Sensor streams currently tracked.
+    streams,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Snapshot {
+    /// Everything dropped or refused for lack of room.
+    pub fn drops(&self) -> u64 {
+        self.dropped_samples + self.dropped_events + self.refused_streams
+    }
+
+    /// Logs the one-line summary (`summary messages=… samples=… …`).
+    pub fn log(&self, what: &str) {
+        tracing::info!(
+            messages = self.messages,
+            samples = self.samples,
+            windows = self.windows,
+            detections = self.detections,
+            payload_errors = self.payload_errors,
+            unknown_topics = self.unknown_topics,
+            out_of_order = self.out_of_order,
+            drops = self.drops(),
+            streams = self.streams,
+            "{what}"
+        );
+    }
+}
+
+/// Lets one warning of a kind through per interval and counts the ones held back, so a
+/// flood of bad input cannot flood the journal.
+#[derive(Debug)]
+pub struct LogLimiter {
+    interval_ms: i64,
+    last_ms: AtomicI64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    pub const fn new(interval_ms: i64) -> Self {
+        Self {
+            interval_ms,
+            last_ms: AtomicI64::new(i64::MIN / 2),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when a warning may be logged now (`n` were held back since the last one).
+    pub fn allow(&self, now_ms: i64) -> Option<u64> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now_ms - last >= self.interval_ms
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_lets_one_through_per_interval_and_counts_the_rest() {
+        let l = LogLimiter::new(1000);
+        assert_eq!(l.allow(0), Some(0));
+        assert_eq!(l.allow(10), None);
+        assert_eq!(l.allow(999), None);
+        assert_eq!(l.allow(1000), Some(2));
+    }
+
+    #[test]
+    fn drops_add_up() {
+        let m = Metrics::default();
+        Metrics::inc(&m.dropped_samples);
+        Metrics::inc(&m.refused_streams);
+        assert_eq!(m.snapshot().drops(), 2);
+    }
+}

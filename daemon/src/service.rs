@@ -1,0 +1,128 @@
+//! `run`: the daemon's lifetime, from connecting to a clean stop.
+//!
+//! Start: spawn the DSP workers, the publisher task, the ingest task (which connects, then
+//! subscribes and publishes the retained "online" status on every connection) and the summary
+//! task. Stop, when `shutdown` resolves: stop handing readings to the workers, let them drain
+//! their queues, publish the anomaly events they produced, publish the retained "offline"
+//! status, then disconnect cleanly, in that order, so nothing accepted is lost on a stop.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::ValidSettings;
+use crate::metrics::{now_ms, Metrics, Snapshot};
+use crate::mqtt::{self, Ingest};
+use crate::wire::StatusMessage;
+use crate::worker::{WorkerContext, Workers};
+
+/// How long a stop waits for the broker to take the last messages before giving up.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until `shutdown` resolves; returns the final counters.
+pub async fn run(
+    settings: ValidSettings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Snapshot> {
+    run_with_metrics(settings, Arc::new(Metrics::default()), shutdown).await
+}
+
+/// As [`run`], with counters the caller can watch while it runs (the demo does).
+pub async fn run_with_metrics(
+    settings: ValidSettings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Snapshot> {
+    let s = &settings.settings;
+    let started_at_ms = now_ms();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node = %s.node.id,
+        broker = %format!("{}:{}", s.mqtt.host, s.mqtt.port),
+        subscribe = ?s.mqtt.subscribe,
+        detector = s.pipeline.detector.name(),
+        workers = s.workers.count,
+        "sparsewatch starting"
+    );
+
+    // Capacity: anomaly events are rare (one per incident); this absorbs a burst of incidents
+    // across many keys while the broker is slow. Full → the event is dropped and counted.
+    let (events_tx, events_rx) = mpsc::channel(s.output.queue_capacity);
+    let ctx = WorkerContext {
+        node: s.node.id.clone(),
+        pipeline: settings.pipeline.clone(),
+        max_streams: s.workers.max_streams,
+        metrics: metrics.clone(),
+        events: events_tx,
+        stream_count: Arc::new(AtomicUsize::new(0)),
+    };
+    let workers = Workers::spawn(s.workers.count, s.workers.queue_capacity, ctx)
+        .context("cannot start the DSP worker threads")?;
+
+    let (client, eventloop) = AsyncClient::new(
+        mqtt::options(&settings, started_at_ms),
+        s.mqtt.request_queue,
+    );
+    let publisher = tokio::spawn(mqtt::publish_outbound(
+        settings.clone(),
+        client.clone(),
+        events_rx,
+        metrics.clone(),
+    ));
+    let ingest = Arc::new(Ingest {
+        settings: settings.clone(),
+        metrics: metrics.clone(),
+        workers: Mutex::new(Some(workers)),
+        stopping: AtomicBool::new(false),
+        wake: Notify::new(),
+        started_at_ms,
+    });
+    let ingest_task = tokio::spawn(ingest.clone().drive(client.clone(), eventloop));
+    let summary = (s.log.summary_interval_secs > 0).then(|| {
+        let every = Duration::from_secs(s.log.summary_interval_secs);
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                metrics.snapshot().log("summary");
+            }
+        })
+    });
+
+    shutdown.await;
+    tracing::info!("stopping: draining workers");
+    let workers = ingest.workers.lock().expect("workers lock").take();
+    if let Some(w) = workers {
+        tokio::task::spawn_blocking(move || w.join())
+            .await
+            .context("joining the DSP workers")?;
+    }
+    if tokio::time::timeout(STOP_GRACE, publisher).await.is_err() {
+        tracing::warn!("pending anomaly events could not be handed to the broker in time");
+    }
+    let offline = StatusMessage::new(&s.node.id, false, started_at_ms).to_json();
+    let _ = client.try_publish(
+        mqtt::status_topic(&settings),
+        QoS::AtLeastOnce,
+        true,
+        offline,
+    );
+    ingest.stopping.store(true, Ordering::Relaxed);
+    let _ = client.try_disconnect();
+    ingest.wake.notify_one();
+    if tokio::time::timeout(STOP_GRACE, ingest_task).await.is_err() {
+        tracing::warn!("the broker did not take the disconnect in time");
+    }
+    if let Some(t) = summary {
+        t.abort();
+    }
+    let last = metrics.snapshot();
+    last.log("final summary");
+    Ok(last)
+}

@@ -1,0 +1,112 @@
+//! What sparsewatch publishes: anomaly events and the retained status. Both carry a `schema`
+//! number that changes only when a field changes meaning or disappears (new fields may be added).
+
+use serde::{Deserialize, Serialize};
+use sparsewatch_dsp::Detection;
+
+/// Version of the anomaly event and status payloads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `<prefix>/<node>/anomaly/<key>`, QoS 1: one per incident (its onset window).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyMessage {
+    pub schema: u32,
+    pub node: String,
+    pub key: String,
+    /// Per-key sequence number, 1 for the key's first incident.
+    pub seq: u64,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub window_start: String,
+    pub window_end: String,
+    /// Raw score of the window in [0, 1].
+    pub score: f64,
+    /// Anomaly likelihood in [0, 1] and the threshold it crossed.
+    pub likelihood: f64,
+    pub threshold: f64,
+    pub detector: String,
+    /// The channel that contributed most.
+    pub channel: String,
+}
+
+impl AnomalyMessage {
+    pub fn new(node: &str, key: &str, detector: &str, channel: &str, d: &Detection) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            node: node.to_string(),
+            key: key.to_string(),
+            seq: d.seq,
+            window_start_ms: d.start_ms,
+            window_end_ms: d.end_ms,
+            window_start: rfc3339(d.start_ms),
+            window_end: rfc3339(d.end_ms),
+            score: d.score,
+            likelihood: d.likelihood,
+            threshold: d.threshold,
+            detector: detector.to_string(),
+            channel: channel.to_string(),
+        }
+    }
+}
+
+/// `<prefix>/<node>/status`, retained: "online" while connected; "offline" from the Last Will
+/// or a clean stop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusMessage {
+    pub schema: u32,
+    pub node: String,
+    pub state: String,
+    pub version: String,
+    pub started_at: String,
+}
+
+impl StatusMessage {
+    pub fn new(node: &str, online: bool, started_at_ms: i64) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            node: node.to_string(),
+            state: if online { "online" } else { "offline" }.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: rfc3339(started_at_ms),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("status serialises")
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-01-05T08:00:00.000Z`.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anomaly_message_has_the_documented_fields() {
+        let d = Detection {
+            seq: 3,
+            start_ms: 1_767_600_000_000,
+            end_ms: 1_767_600_031_000,
+            score: 1.0,
+            likelihood: 0.99999,
+            threshold: 0.9999,
+            channel: 0,
+        };
+        let m = AnomalyMessage::new("edge-1", "plant1/pump1", "baseline", "vib_rms", &d);
+        let v: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["window_start"], "2026-01-05T08:00:00.000Z");
+        assert_eq!(v["channel"], "vib_rms");
+        let s: serde_json::Value =
+            serde_json::from_slice(&StatusMessage::new("n", false, 0).to_json()).unwrap();
+        assert_eq!(s["state"], "offline");
+        assert_eq!(s["started_at"], "1970-01-01T00:00:00.000Z");
+    }
+}

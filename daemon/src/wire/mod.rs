@@ -1,0 +1,12 @@
+//! The wire: how topics map to sensor keys and how payloads become readings.
+//!
+//! Nothing here touches the network; the MQTT task calls [`TopicTemplate::key`] and
+//! [`decode_payload`] on every incoming PUBLISH, and the worker receives the [`Reading`].
+
+pub mod events;
+mod payload;
+mod topic;
+
+pub use events::{AnomalyMessage, StatusMessage, SCHEMA_VERSION};
+pub use payload::{decode_payload, PayloadError, Reading};
+pub use topic::TopicTemplate;
