@@ -110,3 +110,44 @@ mod tests {
         assert_eq!(s["started_at"], "1970-01-01T00:00:00.000Z");
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    fn validator(schema: &str) -> jsonschema::Validator {
+        let schema: serde_json::Value = serde_json::from_str(schema).expect("schema is JSON");
+        jsonschema::validator_for(&schema).expect("schema compiles")
+    }
+
+    /// The JSON Schema files in `daemon/schemas/` describe what the daemon actually publishes.
+    #[test]
+    fn published_payloads_match_their_schemas() {
+        let anomaly = validator(include_str!("../../schemas/anomaly.schema.json"));
+        let d = Detection {
+            seq: 1,
+            start_ms: 1_767_600_000_000,
+            end_ms: 1_767_600_031_000,
+            score: 0.5,
+            likelihood: 0.99995,
+            threshold: 0.9999,
+            channel: 0,
+        };
+        let msg =
+            serde_json::to_value(AnomalyMessage::new("n", "a/b", "baseline", "x", &d)).unwrap();
+        let errors: Vec<String> = anomaly.iter_errors(&msg).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut bad = msg.clone();
+        bad["seq"] = 0.into();
+        assert!(!anomaly.is_valid(&bad), "the schema must reject seq 0");
+
+        let status = validator(include_str!("../../schemas/status.schema.json"));
+        for online in [true, false] {
+            let s: serde_json::Value = serde_json::from_slice(
+                &StatusMessage::new("n", online, 1_767_600_000_000).to_json(),
+            )
+            .unwrap();
+            assert!(status.is_valid(&s), "{s}");
+        }
+    }
+}
