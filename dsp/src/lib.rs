@@ -36,5 +36,5 @@ pub use pipeline::{
     ValidPipelineParams, WindowReport,
 };
 pub use sample::{Sample, SampleError, MAX_CHANNELS};
-pub use window::PushOutcome;
 pub use score::{AlertState, AlertStep};
+pub use window::PushOutcome;
