@@ -18,12 +18,15 @@
 //!   parameter, and the ordered clean stop.
 //! - [`metrics`]: the counters and the periodic one-line summary; rate-limited warnings.
 //! - [`fixtures`]: recorded traffic (JSONL of MQTT messages) and its labels.
+//! - [`eval`]: `sparsewatch eval`, the pipeline replayed over labelled benchmarks (NAB, SKAB)
+//!   and scored: NAB's scorer and SKAB's row metrics.
 //! - [`demo`]: embedded broker + daemon + replayed fixture + printing subscriber.
 //!
 //! See ARCHITECTURE.md at the repository root for threads, channels and their capacities.
 
 pub mod config;
 pub mod demo;
+pub mod eval;
 pub mod fixtures;
 pub mod metrics;
 pub mod mqtt;

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sparsewatch::config::{self, Source, ValidSettings};
-use sparsewatch::{demo, service};
+use sparsewatch::{demo, eval, service};
+use sparsewatch_dsp::DetectorKind;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +40,30 @@ enum Command {
         /// Replay speed as a multiple of real time; 0 replays as fast as possible.
         #[arg(long, default_value_t = 600.0)]
         speed: f64,
+    },
+    /// Score the pipeline on labelled benchmarks (NAB, SKAB) and print the results.
+    Eval {
+        /// NAB folder: data/<category>/*.csv, combined_windows.json, profiles.json.
+        #[arg(long)]
+        nab: Option<PathBuf>,
+        /// SKAB folder: ;-separated CSVs with `anomaly` labels (e.g. valve1/*.csv).
+        #[arg(long)]
+        skab: Option<PathBuf>,
+        /// SKAB file fed through the pipeline before each scored file (not scored).
+        #[arg(long)]
+        skab_warmup: Option<PathBuf>,
+        /// TOML configuration whose [pipeline] is evaluated (default: compiled-in).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Detectors to compare, comma-separated (default: the configured one).
+        #[arg(long, value_delimiter = ',', value_parser = eval::parse_detector)]
+        detector: Vec<DetectorKind>,
+        /// Write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write per-row scores in NAB's results layout under this folder.
+        #[arg(long)]
+        results: Option<PathBuf>,
     },
 }
 
@@ -76,6 +101,30 @@ fn main() -> ExitCode {
             init_tracing("warn,rumqttd=off,sparsewatch::mqtt=error");
             let opts = demo::DemoOptions { fixture, speed };
             runtime_result(tokio_runtime().and_then(|rt| rt.block_on(demo::run(opts)).map(|_| ())))
+        }
+        Command::Eval {
+            nab,
+            skab,
+            skab_warmup,
+            config,
+            detector,
+            json,
+            results,
+        } => {
+            let source = config.as_deref().map_or(Source::Default, Source::File);
+            let settings = match config::load(source) {
+                Ok(v) => v,
+                Err(e) => return config_error(&e),
+            };
+            let opts = eval::EvalOptions {
+                nab,
+                skab,
+                skab_warmup,
+                detectors: detector,
+                json,
+                results,
+            };
+            runtime_result(eval::run_cli(&opts, &settings.pipeline))
         }
     }
 }
