@@ -24,12 +24,14 @@
 //! → scorer (raw score in [0, 1]) → likelihood (None during warm-up) → alerter (onset raises
 //! a [`Detection`]) → the scorer learns the window unless the stream is alerting.
 
+pub mod memory;
 pub mod params;
 pub mod pipeline;
 pub mod sample;
 pub mod score;
 pub mod window;
 
+pub use memory::{CodeInput, EncoderParams, MemoryParams, Recall, SdrEncoder, SdrMemory};
 pub use params::ParamError;
 pub use pipeline::{
     Detection, DetectorKind, Pipeline, PipelineCounters, PipelineParams, PushResult,

@@ -1,0 +1,210 @@
+//! The best-match index (spec §3b): the stored codes, so a recalled code c* can be named as
+//! "closest to stored item k, sharing |c* ∩ c_k| of Q cells".
+//!
+//! Bounded at `capacity` codes (least recently learned evicted first). For each of the Q·K
+//! cells a bitset of the slots whose code uses that cell (a posting list as bits): a query
+//! counts votes over the Q posting sets of its cells, costing about Q·M/K increments plus
+//! one pass over the M vote counters, and the count of a slot is exactly the overlap.
+
+use serde::{Deserialize, Serialize};
+
+use super::bitset::words_for;
+
+/// The stored item most similar to a recalled code.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BestMatch {
+    /// Id of the stored item: the number of distinct codes stored before it, from 0.
+    /// Re-learning the same code keeps the id.
+    pub item: u64,
+    /// |c* ∩ c_k|, modules where the codes agree.
+    pub shared: usize,
+    /// shared / Q in [0, 1]; ≈ 1/K by chance.
+    pub overlap: f64,
+}
+
+const FREE: u64 = u64::MAX;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CodeIndex {
+    capacity: usize,
+    modules: usize,
+    cells: usize,
+    slot_words: usize,
+    /// Slot s's code at `codes[s·Q..]`.
+    codes: Vec<u16>,
+    /// Item id per slot, FREE if empty.
+    ids: Vec<u64>,
+    /// Global learn count at the slot's last store.
+    stamps: Vec<u64>,
+    /// Cell c's slots: bits of `postings[c·slot_words..]`.
+    postings: Vec<u64>,
+    votes: Vec<u16>,
+    /// Answer of the latest query, for [`store`](Self::store) to reuse while `last_valid`
+    /// (no slot was filled or emptied since).
+    last: Option<(usize, usize)>,
+    last_valid: bool,
+    next_id: u64,
+}
+
+impl CodeIndex {
+    pub(crate) fn new(capacity: usize, modules: usize, cells: usize) -> Self {
+        let slot_words = words_for(capacity);
+        Self {
+            capacity,
+            modules,
+            cells,
+            slot_words,
+            codes: vec![0; capacity * modules],
+            ids: vec![FREE; capacity],
+            stamps: vec![0; capacity],
+            postings: vec![0; modules * cells * slot_words],
+            votes: vec![0; capacity],
+            last: None,
+            last_valid: false,
+            next_id: 0,
+        }
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.codes.len() * 2
+            + (self.ids.len() + self.stamps.len() + self.postings.len()) * 8
+            + self.votes.len() * 2
+    }
+
+    /// Stored codes.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.iter().filter(|&&id| id != FREE).count()
+    }
+
+    fn posting(&mut self, q: usize, k: u16) -> &mut [u64] {
+        let cell = q * self.cells + k as usize;
+        &mut self.postings[cell * self.slot_words..(cell + 1) * self.slot_words]
+    }
+
+    /// (slot, shared) of the stored code closest to `code`; ties go to the most recently
+    /// learned. None if the index is empty or nothing shares a cell. The best is tracked
+    /// while voting, so the cost is the number of votes, not the capacity.
+    fn nearest(&mut self, code: &[u16]) -> Option<(usize, usize)> {
+        if self.capacity == 0 {
+            return None;
+        }
+        self.votes.fill(0);
+        let mut best: Option<(usize, u16)> = None;
+        for (q, &k) in code.iter().enumerate() {
+            let cell = q * self.cells + k as usize;
+            for w in 0..self.slot_words {
+                let mut bits = self.postings[cell * self.slot_words + w];
+                while bits != 0 {
+                    let slot = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let v = self.votes[slot] + 1;
+                    self.votes[slot] = v;
+                    if best.is_none_or(|(b, bv)| {
+                        v > bv || (v == bv && self.stamps[slot] > self.stamps[b])
+                    }) {
+                        best = Some((slot, v));
+                    }
+                }
+            }
+        }
+        self.last = best.map(|(slot, v)| (slot, v as usize));
+        self.last_valid = true;
+        self.last
+    }
+
+    pub(crate) fn best_match(&mut self, code: &[u16]) -> Option<BestMatch> {
+        self.nearest(code).map(|(slot, shared)| BestMatch {
+            item: self.ids[slot],
+            shared,
+            overlap: shared as f64 / self.modules as f64,
+        })
+    }
+
+    /// Records that `code` was learned at `stamp`; returns true if it is a new distinct code.
+    /// `same_as_last_query`: `code` is the code of the latest [`best_match`](Self::best_match)
+    /// and nothing was stored since, so its answer is reused (the common familiar case).
+    pub(crate) fn store(&mut self, code: &[u16], stamp: u64, same_as_last_query: bool) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        let nearest = if same_as_last_query && self.last_valid {
+            self.last
+        } else {
+            self.nearest(code)
+        };
+        if let Some((slot, shared)) = nearest {
+            if shared == self.modules {
+                self.stamps[slot] = stamp;
+                return false;
+            }
+        }
+        let slot = match self.ids.iter().position(|&id| id == FREE) {
+            Some(free) => free,
+            None => {
+                let lru = (0..self.capacity)
+                    .min_by_key(|&s| self.stamps[s])
+                    .expect("capacity > 0");
+                self.remove(lru);
+                lru
+            }
+        };
+        let q = self.modules;
+        self.codes[slot * q..(slot + 1) * q].copy_from_slice(code);
+        for (m, &k) in code.iter().enumerate() {
+            self.posting(m, k)[slot / 64] |= 1 << (slot % 64);
+        }
+        self.ids[slot] = self.next_id;
+        self.stamps[slot] = stamp;
+        self.next_id += 1;
+        self.last_valid = false;
+        true
+    }
+
+    fn remove(&mut self, slot: usize) {
+        let q = self.modules;
+        for m in 0..q {
+            let k = self.codes[slot * q + m];
+            self.posting(m, k)[slot / 64] &= !(1 << (slot % 64));
+        }
+        self.ids[slot] = FREE;
+        self.last_valid = false;
+    }
+
+    /// Drops the codes last learned before `stamp` (they are not in the scoring bank).
+    pub(crate) fn evict_before(&mut self, stamp: u64) {
+        for slot in 0..self.capacity {
+            if self.ids[slot] != FREE && self.stamps[slot] < stamp {
+                self.remove(slot);
+            }
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.evict_before(u64::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_dedups_matches_and_evicts_lru() {
+        let mut ix = CodeIndex::new(2, 4, 8);
+        assert_eq!(ix.best_match(&[0, 0, 0, 0]), None);
+        assert!(ix.store(&[1, 2, 3, 4], 0, false));
+        assert!(ix.best_match(&[1, 2, 3, 4]).is_some());
+        assert!(!ix.store(&[1, 2, 3, 4], 1, true), "same code is not new");
+        assert!(ix.store(&[1, 2, 0, 0], 2, false));
+        let m = ix.best_match(&[1, 2, 3, 5]).unwrap();
+        assert_eq!((m.item, m.shared, m.overlap), (0, 3, 0.75));
+        // Full: the least recently learned ({1,2,3,4} at stamp 1) goes.
+        assert!(ix.store(&[7, 7, 7, 7], 3, false));
+        assert_eq!(ix.len(), 2);
+        let m = ix.best_match(&[1, 2, 3, 4]).unwrap();
+        assert_eq!((m.item, m.shared), (1, 2));
+        ix.evict_before(3);
+        assert_eq!(ix.len(), 1);
+        assert_eq!(ix.best_match(&[7, 0, 0, 0]).unwrap().item, 2);
+    }
+}

@@ -1,0 +1,445 @@
+//! The associative memory: a Sparsey-style sparse distributed memory (spec
+//! `sdr-associative-memory.md`) that tells how familiar a window's code is.
+//!
+//! A *mac* is Q competitive modules of K binary cells; a stored item is a code of one winner
+//! per module. Binary input x (from an [`encoder`]) reaches every cell through binary weights
+//! U; a cell's evidence V = (|U_i ∩ x| / |x|)^λ, and the familiarity G is the mean over
+//! modules of the best V. G ≈ 1 means some stored trace covers x; a never-seen x scores near
+//! the chance level of the current fill. Learning is single-trial: the winners' weight rows
+//! are ORed with x. Which cells win is the code selection algorithm ([`csa`](self)): the more
+//! familiar x, the more deterministic the choice, so familiar inputs get their old code back
+//! and similar inputs get overlapping codes, while novel inputs get a fresh random one.
+//! Cost per sample is fixed (Q·K·N/64 AND+popcounts), whatever the number stored.
+//!
+//! - [`encoder`]: sparse code → x with a fixed active count ([`AtomSlotEncoder`],
+//!   [`ProjectionEncoder`]).
+//! - [`SdrMemory`]: the mac, its two banks and best-match index. [`recognize`]
+//!   (score, never writes) then, if the caller decides so, [`learn`] (writes); alerting
+//!   windows are not learned, so a repeated fault keeps scoring as novel.
+//! - [`Recall`]: what recognition returns: G, the two-sided precision R, the code and
+//!   the best-matching stored item. [`Recall::novelty`] is the raw score 1 − G,
+//!   [`Recall::two_sided_novelty`] is 1 − G·R (also sees *missing* features).
+//! - [`MemoryParams`], [`SaturationPolicy`]: shape, CSA constants, fill policy.
+//! - [`bitset`]: the `[u64]` bit-vector helpers everything here shares.
+//!
+//! Deterministic: the winner-choice RNG is seeded and lives in the state, which serialises
+//! with serde; the same inputs give the same outputs, also across a checkpoint.
+//!
+//! Not implemented yet: the temporal (H) weights of spec §1/§2 that would make a familiar
+//! pattern in an unfamiliar order novel.
+//!
+//! [`recognize`]: SdrMemory::recognize
+//! [`learn`]: SdrMemory::learn
+
+pub mod bitset;
+mod csa;
+pub mod encoder;
+mod index;
+mod params;
+
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::{Deserialize, Serialize};
+
+use bitset::{count_ones, words_for};
+use csa::{Bank, Csa};
+use index::CodeIndex;
+
+pub use encoder::{
+    AtomSlotEncoder, AtomSlotParams, CodeInput, EncoderParams, ProjectionEncoder, ProjectionParams,
+    ScalarBlockParams, SdrEncoder,
+};
+pub use index::BestMatch;
+pub use params::{MemoryParams, SaturationPolicy};
+
+/// Whether an input got a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecallStatus {
+    /// π inside the band; the scores and the code are valid.
+    Coded,
+    /// π below the band (includes an empty input): no code.
+    TooFew,
+    /// π above the band: no code.
+    TooMany,
+}
+
+/// The result of [`SdrMemory::recognize`]. Allocate once with [`SdrMemory::new_recall`] and
+/// reuse, so recognition does not allocate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recall {
+    pub status: RecallStatus,
+    /// π, the input's active bits.
+    pub active: usize,
+    /// G ∈ [0, 1], the familiarity (0 when not coded).
+    pub familiarity: f64,
+    /// R = |x ∩ x̂| / |x̂| ∈ [0, 1], where x̂ holds the bits that at least
+    /// [`recall_quorum`](MemoryParams::recall_quorum) of the winners' weight rows hold
+    /// (the input the code recalls): below 1 when the recalled trace has bits x lacks, which
+    /// G cannot see since V divides by |x|. 0 when x̂ is empty or not coded.
+    pub precision: f64,
+    /// c*: the winner (0..K) of each module; meaningful only when coded.
+    pub code: Vec<u16>,
+    /// The stored code closest to c*, if the index holds any sharing a cell.
+    pub best_match: Option<BestMatch>,
+    /// Which recognition this is, so [`SdrMemory::learn`] can tell if its tables are current.
+    stamp: u64,
+}
+
+impl Recall {
+    /// Whether the input got a code.
+    pub fn is_coded(&self) -> bool {
+        self.status == RecallStatus::Coded
+    }
+
+    /// Raw anomaly score 1 − G ∈ [0, 1] (1 when not coded).
+    pub fn novelty(&self) -> f64 {
+        1.0 - self.familiarity
+    }
+
+    /// Two-sided raw score 1 − G·R ∈ [0, 1] (spec §3a): also high when x is a strict subset
+    /// of a stored input. 1 when not coded.
+    pub fn two_sided_novelty(&self) -> f64 {
+        1.0 - self.familiarity * self.precision
+    }
+}
+
+/// What [`SdrMemory::learn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Learned {
+    /// The code was written.
+    Stored {
+        /// Weights newly set in the scoring bank (0: nothing new, the input was familiar).
+        new_weights: u64,
+        /// The code is not in the index yet (a new distinct state).
+        new_code: bool,
+        /// The banks were rotated after this write.
+        rotated: bool,
+    },
+    /// The input was out of band; nothing written.
+    OutOfBand,
+    /// [`SaturationPolicy::Freeze`] and the bank is full; nothing written.
+    Frozen,
+}
+
+/// A Sparsey-style associative memory (one mac) with its saturation policy and best-match
+/// index. All buffers are allocated at construction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SdrMemory {
+    params: MemoryParams,
+    input_bits: usize,
+    words: usize,
+    band: (usize, usize),
+    /// One bank, or two under [`SaturationPolicy::Rotate`]; `banks[scorer]` scores.
+    banks: Vec<Bank>,
+    scorer: usize,
+    csa: Csa,
+    index: CodeIndex,
+    rng: Xoshiro256PlusPlus,
+    /// u_i of the last recognition.
+    u: Vec<u16>,
+    /// Code chosen by the last learn (or [`sample_code`](Self::sample_code)).
+    learn_code: Vec<u16>,
+    /// x̂ of the last recognition.
+    recalled: Vec<u64>,
+    /// Bit-sliced vote counters for x̂: ⌊log2 Q⌋ + 1 planes of `words` words, and the carry.
+    planes: Vec<u64>,
+    carry: Vec<u64>,
+    /// x of the last recognition, so `learn` can tell whether its tables are for its input.
+    last_x: Vec<u64>,
+    recognitions: u64,
+    learns: u64,
+}
+
+impl SdrMemory {
+    /// A memory for inputs of `input_bits` bits with `active_bits` active (the encoder's s).
+    /// Panics unless `params` pass [`MemoryParams::check`], `input_bits` is in 1..=65535 and
+    /// `active_bits` in 1..=input_bits.
+    pub fn new(params: MemoryParams, input_bits: usize, active_bits: usize) -> Self {
+        params.check().expect("MemoryParams must be checked");
+        assert!(
+            (1..=65_535).contains(&input_bits),
+            "input_bits must be in 1..=65535"
+        );
+        assert!(
+            (1..=input_bits).contains(&active_bits),
+            "active_bits must be in 1..=input_bits"
+        );
+        let s = active_bits as f64;
+        let lo = ((s * (1.0 - params.active_band)).ceil() as usize).max(1);
+        let hi = ((s * (1.0 + params.active_band)).floor() as usize).min(input_bits);
+        let words = words_for(input_bits);
+        let cells = params.modules * params.cells;
+        let banks = match params.policy {
+            SaturationPolicy::Rotate => 2,
+            SaturationPolicy::Freeze | SaturationPolicy::Unbounded => 1,
+        };
+        Self {
+            input_bits,
+            words,
+            band: (lo, hi),
+            banks: vec![Bank::new(cells, words); banks],
+            scorer: 0,
+            csa: Csa::new(&params, hi),
+            index: CodeIndex::new(params.index_capacity, params.modules, params.cells),
+            rng: Xoshiro256PlusPlus::seed_from_u64(params.seed),
+            u: vec![0; cells],
+            learn_code: vec![0; params.modules],
+            recalled: vec![0; words],
+            last_x: vec![0; words],
+            planes: vec![0; (usize::BITS - params.modules.leading_zeros()) as usize * words],
+            carry: vec![0; words],
+            recognitions: 0,
+            learns: 0,
+            params,
+        }
+    }
+
+    pub fn params(&self) -> &MemoryParams {
+        &self.params
+    }
+
+    /// N, bits per input.
+    pub fn input_bits(&self) -> usize {
+        self.input_bits
+    }
+
+    /// Words an input buffer needs, ⌈N/64⌉.
+    pub fn input_words(&self) -> usize {
+        self.words
+    }
+
+    /// [π⁻, π⁺], the active counts that get a code.
+    pub fn band(&self) -> (usize, usize) {
+        self.band
+    }
+
+    /// A reusable result buffer for [`recognize`](Self::recognize).
+    pub fn new_recall(&self) -> Recall {
+        Recall {
+            status: RecallStatus::TooFew,
+            active: 0,
+            familiarity: 0.0,
+            precision: 0.0,
+            code: vec![0; self.params.modules],
+            best_match: None,
+            stamp: u64::MAX,
+        }
+    }
+
+    fn weights(&self) -> f64 {
+        (self.params.modules * self.params.cells * self.input_bits) as f64
+    }
+
+    /// p1 of the scoring bank: set weights / (Q·K·N).
+    pub fn fill(&self) -> f64 {
+        self.banks[self.scorer].fill(self.weights())
+    }
+
+    /// p1 of the younger bank under [`SaturationPolicy::Rotate`], None otherwise.
+    pub fn shadow_fill(&self) -> Option<f64> {
+        (self.banks.len() == 2).then(|| self.banks[1 - self.scorer].fill(self.weights()))
+    }
+
+    /// Distinct codes in the best-match index.
+    pub fn stored_codes(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Windows learned so far (all banks, all time).
+    pub fn learned(&self) -> u64 {
+        self.learns
+    }
+
+    /// Heap bytes of this memory's state: U banks + index + scratch.
+    pub fn memory_bytes(&self) -> usize {
+        let banks: usize = self.banks.iter().map(Bank::heap_bytes).sum();
+        banks
+            + self.index.heap_bytes()
+            + self.csa.heap_bytes()
+            + (self.u.len() + self.learn_code.len()) * 2
+            + (self.recalled.len() + self.last_x.len() + self.planes.len() + self.carry.len()) * 8
+            + std::mem::size_of::<Self>()
+    }
+
+    /// The code chosen by the last [`learn`](Self::learn) or [`sample_code`](Self::sample_code).
+    pub fn learned_code(&self) -> &[u16] {
+        &self.learn_code
+    }
+
+    fn status(&self, active: usize) -> RecallStatus {
+        if active < self.band.0 {
+            RecallStatus::TooFew
+        } else if active > self.band.1 {
+            RecallStatus::TooMany
+        } else {
+            RecallStatus::Coded
+        }
+    }
+
+    /// Recognize mode (spec §2 with argmax, §3a, §3b): scores x against the scoring bank
+    /// without writing anything, and fills `recall`. `x` must have at least
+    /// [`input_words`](Self::input_words) words, bits past N zero (panics if shorter).
+    pub fn recognize(&mut self, x: &[u64], recall: &mut Recall) {
+        let x = &x[..self.words];
+        self.recognitions += 1;
+        self.last_x.copy_from_slice(x);
+        recall.stamp = self.recognitions;
+        recall.active = count_ones(x);
+        recall.status = self.status(recall.active);
+        recall.best_match = None;
+        if !recall.is_coded() {
+            recall.familiarity = 0.0;
+            recall.precision = 0.0;
+            return;
+        }
+        let bank = &self.banks[self.scorer];
+        bank.overlaps(x, &mut self.u);
+        self.csa.set_active(recall.active);
+        recall.familiarity = self.csa.familiarity(&self.u);
+        self.csa.argmax(&self.u, &mut self.rng, &mut recall.code);
+        recall.precision = self.reconstruct(x, &recall.code);
+        recall.best_match = self.index.best_match(&recall.code);
+    }
+
+    /// x̂_j = 1 iff at least ⌈quorum·Q⌉ winners have w(j, ·) = 1, counted with bit-sliced
+    /// counters (plane b holds bit b of every position's count; rows are added word-parallel
+    /// with a ripple carry); returns R = |x ∩ x̂| / |x̂| (0 if x̂ is empty).
+    fn reconstruct(&mut self, x: &[u64], code: &[u16]) -> f64 {
+        let (q, k, words) = (self.params.modules, self.params.cells, self.words);
+        let need = ((self.params.recall_quorum * q as f64).ceil() as u64).max(1);
+        let planes = self.planes.len() / words;
+        let bank = &self.banks[self.scorer];
+        self.planes.fill(0);
+        for (m, &c) in code.iter().enumerate() {
+            let row = bank.row(m * k + c as usize);
+            self.carry.copy_from_slice(row);
+            for plane in self.planes.chunks_exact_mut(words) {
+                for (p, c) in plane.iter_mut().zip(self.carry.iter_mut()) {
+                    let next = *p & *c;
+                    *p ^= *c;
+                    *c = next;
+                }
+            }
+        }
+        // count ≥ need, compared plane by plane from the top bit.
+        let (mut hit, mut total) = (0usize, 0usize);
+        for (w, (out, &xw)) in self.recalled.iter_mut().zip(x).enumerate() {
+            let (mut gt, mut eq) = (0u64, u64::MAX);
+            for b in (0..planes).rev() {
+                let plane = self.planes[b * words + w];
+                if need >> b & 1 == 1 {
+                    eq &= plane;
+                } else {
+                    gt |= eq & plane;
+                    eq &= !plane;
+                }
+            }
+            *out = gt | eq;
+            hit += (*out & xw).count_ones() as usize;
+            total += out.count_ones() as usize;
+        }
+        if total == 0 {
+            0.0
+        } else {
+            hit as f64 / total as f64
+        }
+    }
+
+    /// Whether `recall` is the latest recognition and of `x`, so u and V are current for it.
+    fn is_current(&self, x: &[u64], recall: &Recall) -> bool {
+        recall.stamp == self.recognitions && self.last_x == x[..self.words]
+    }
+
+    /// Brings u and V up to date for `x` unless `recall` is the latest recognition of it.
+    fn prepare(&mut self, x: &[u64], recall: &Recall) -> (usize, f64) {
+        if self.is_current(x, recall) && recall.is_coded() {
+            return (recall.active, recall.familiarity);
+        }
+        let active = count_ones(&x[..self.words]);
+        self.banks[self.scorer].overlaps(x, &mut self.u);
+        self.csa.set_active(active);
+        (active, self.csa.familiarity(&self.u))
+    }
+
+    /// Learn mode without the write: the code learning `x` would store now, drawn with the
+    /// CSA's noise (spec §2 step 8); for an input already stored (G = 1), its code c*. Returns None if out of band. `recall` should be the
+    /// latest [`recognize`](Self::recognize) of `x` (otherwise recognition is redone).
+    pub fn sample_code(&mut self, x: &[u64], recall: &Recall) -> Option<&[u16]> {
+        if self.status(count_ones(&x[..self.words])) != RecallStatus::Coded {
+            return None;
+        }
+        let current = self.is_current(x, recall);
+        let (active, g) = self.prepare(x, recall);
+        if current && g == 1.0 {
+            // Every module's c* cell already holds all of x: x is stored under c*. Sampling
+            // would still pick a wrong cell in each module with probability ≈ 2% (μ ≈ 747 vs
+            // 15 × 1.05 at the defaults), so at Q = 32 half the repeats would write x into
+            // new cells and add a near-duplicate code, and a repetitive stream would fill
+            // the memory with copies of what it already knows. Reusing c* keeps repeats free.
+            self.learn_code.copy_from_slice(&recall.code);
+        } else {
+            self.csa
+                .sample(&self.u, active, g, &mut self.rng, &mut self.learn_code);
+        }
+        Some(&self.learn_code)
+    }
+
+    /// Learn mode (single trial): draws x's code with the CSA and ORs x into the winners'
+    /// rows, then applies the saturation policy. `recall` should be the latest
+    /// [`recognize`](Self::recognize) of the same `x`, whose tables it reuses; otherwise
+    /// (checked) recognition is redone, which only costs a second pass.
+    pub fn learn(&mut self, x: &[u64], recall: &Recall) -> Learned {
+        if self.params.policy == SaturationPolicy::Freeze && self.fill() >= self.params.max_fill {
+            return Learned::Frozen;
+        }
+        if self.sample_code(x, recall).is_none() {
+            return Learned::OutOfBand;
+        }
+        let x = &x[..self.words];
+        let stamp = self.learns;
+        self.learns += 1;
+        let (q, k) = (self.params.modules, self.params.cells);
+        let new_weights = self.banks[self.scorer].write(x, &self.learn_code, k);
+        if self.banks[self.scorer].born.is_none() {
+            self.banks[self.scorer].born = Some(stamp);
+        }
+        if self.banks.len() == 2 && self.past_half_life() {
+            let shadow = &mut self.banks[1 - self.scorer];
+            shadow.born.get_or_insert(stamp);
+            shadow.write(x, &self.learn_code, k);
+        }
+        debug_assert_eq!(self.learn_code.len(), q);
+        // The index's last query is this recall's c* unless something came in between.
+        let same = self.is_current(x, recall) && recall.code == self.learn_code;
+        let new_code = self.index.store(&self.learn_code, stamp, same);
+        let rotated = self.banks.len() == 2 && self.rotate_if_due();
+        Learned::Stored {
+            new_weights,
+            new_code,
+            rotated,
+        }
+    }
+
+    fn past_half_life(&self) -> bool {
+        let scorer = &self.banks[self.scorer];
+        let t = self.params.rotate_every;
+        scorer.fill(self.weights()) >= self.params.half_fill() || (t > 0 && scorer.learned >= t / 2)
+    }
+
+    /// Rotates when the scoring bank is full or old: it is cleared and becomes the younger;
+    /// index entries the new scorer never saw are dropped.
+    fn rotate_if_due(&mut self) -> bool {
+        let scorer = &self.banks[self.scorer];
+        let t = self.params.rotate_every;
+        if scorer.fill(self.weights()) < self.params.max_fill && (t == 0 || scorer.learned < t) {
+            return false;
+        }
+        self.banks[self.scorer].clear();
+        self.scorer = 1 - self.scorer;
+        match self.banks[self.scorer].born {
+            Some(born) => self.index.evict_before(born),
+            None => self.index.clear(),
+        }
+        true
+    }
+}
