@@ -52,6 +52,11 @@ counters! {
     refused_streams,
     /// Anomaly events handed to the MQTT client.
     events_published,
+    /// Window codes handed to the MQTT client.
+    codes_published,
+    /// Window codes dropped: output queue full, over `output.codes.max_per_sec`, or the
+    /// client's request queue full. Codes are the first thing shed under load.
+    dropped_codes,
     /// Connections to the broker established (the first one included).
     connections,
     /// Broker connection errors.
@@ -67,7 +72,8 @@ impl Metrics {
 }
 
 impl Snapshot {
-    /// Everything dropped or refused for lack of room.
+    /// Samples and events dropped or refused for lack of room. Codes, which are shed by
+    /// design under load, are counted apart (`dropped_codes`).
     pub fn drops(&self) -> u64 {
         self.dropped_samples + self.dropped_events + self.refused_streams
     }
@@ -83,6 +89,8 @@ impl Snapshot {
             unknown_topics = self.unknown_topics,
             out_of_order = self.out_of_order,
             drops = self.drops(),
+            codes = self.codes_published,
+            dropped_codes = self.dropped_codes,
             streams = self.streams,
             "{what}"
         );

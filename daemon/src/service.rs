@@ -19,7 +19,7 @@ use crate::config::ValidSettings;
 use crate::metrics::{now_ms, Metrics, Snapshot};
 use crate::mqtt::{self, Ingest};
 use crate::wire::StatusMessage;
-use crate::worker::{WorkerContext, Workers};
+use crate::worker::{CodeSink, WorkerContext, Workers};
 
 /// How long a stop waits for the broker to take the last messages before giving up.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -53,12 +53,26 @@ pub async fn run_with_metrics(
     // Capacity: anomaly events are rare (one per incident); this absorbs a burst of incidents
     // across many keys while the broker is slow. Full → the event is dropped and counted.
     let (events_tx, events_rx) = mpsc::channel(s.output.queue_capacity);
+    // Codes have their own queue so a flood of them can never push out an anomaly event.
+    let (codes_tx, codes_rx) = if s.output.codes.enabled {
+        let (tx, rx) = mpsc::channel(s.output.codes.queue_capacity);
+        (
+            Some(CodeSink {
+                tx,
+                every: s.output.codes.every,
+            }),
+            Some(rx),
+        )
+    } else {
+        (None, None)
+    };
     let ctx = WorkerContext {
         node: s.node.id.clone(),
         pipeline: settings.pipeline.clone(),
         max_streams: s.workers.max_streams,
         metrics: metrics.clone(),
         events: events_tx,
+        codes: codes_tx,
         stream_count: Arc::new(AtomicUsize::new(0)),
     };
     let workers = Workers::spawn(s.workers.count, s.workers.queue_capacity, ctx)
@@ -72,6 +86,7 @@ pub async fn run_with_metrics(
         settings.clone(),
         client.clone(),
         events_rx,
+        codes_rx,
         metrics.clone(),
     ));
     let ingest = Arc::new(Ingest {

@@ -13,16 +13,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use sparsewatch_dsp::{Pipeline, PushOutcome, Sample, ValidPipelineParams};
+use sparsewatch_dsp::{Pipeline, PushOutcome, Sample, ValidPipelineParams, WindowReport};
 use tokio::sync::mpsc;
 
 use crate::metrics::{now_ms, LogLimiter, Metrics};
-use crate::wire::{AnomalyMessage, Reading};
+use crate::wire::{AnomalyMessage, CodeMessage, Reading};
 
-/// What workers send to the publisher.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outbound {
-    Anomaly(AnomalyMessage),
+/// Where a worker sends window codes, and how often.
+#[derive(Clone)]
+pub struct CodeSink {
+    pub tx: mpsc::Sender<CodeMessage>,
+    /// Every n-th window of a stream is sent.
+    pub every: u64,
 }
 
 /// Everything a worker needs besides its queue.
@@ -32,7 +34,8 @@ pub struct WorkerContext {
     pub pipeline: ValidPipelineParams,
     pub max_streams: usize,
     pub metrics: Arc<Metrics>,
-    pub events: mpsc::Sender<Outbound>,
+    pub events: mpsc::Sender<AnomalyMessage>,
+    pub codes: Option<CodeSink>,
     /// Streams tracked over all workers (bounded by `max_streams`).
     pub stream_count: Arc<AtomicUsize>,
 }
@@ -173,13 +176,16 @@ impl Worker {
         Metrics::inc(&m.samples);
         let Some(report) = result.report else { return };
         Metrics::inc(&m.windows);
+        if let Some(sink) = &self.ctx.codes {
+            send_code(sink, &self.ctx.node, &r.key, &stream.pipeline, &report, m);
+        }
         let Some(d) = report.detection else { return };
         Metrics::inc(&m.detections);
         let detector = stream.pipeline.params().detector.name();
         let channel = &stream.channel_names[d.channel];
         let msg = AnomalyMessage::new(&self.ctx.node, &r.key, detector, channel, &d);
         tracing::info!(key = %r.key, seq = d.seq, window_start = %msg.window_start, likelihood = d.likelihood, channel = %channel, "anomaly");
-        if self.ctx.events.try_send(Outbound::Anomaly(msg)).is_err() {
+        if self.ctx.events.try_send(msg).is_err() {
             Metrics::inc(&m.dropped_events);
             tracing::warn!(key = %r.key, seq = d.seq, "output queue full, anomaly event dropped");
         }
@@ -212,12 +218,31 @@ impl Worker {
     }
 }
 
+/// Sends the window's code when the stream has one and this window is due.
+fn send_code(
+    sink: &CodeSink,
+    node: &str,
+    key: &str,
+    pipeline: &Pipeline,
+    report: &WindowReport,
+    m: &Metrics,
+) {
+    let Some(code) = pipeline.code() else { return };
+    if report.index % sink.every != 0 {
+        return;
+    }
+    let msg = CodeMessage::new(node, key, report, code);
+    if sink.tx.try_send(msg).is_err() {
+        Metrics::inc(&m.dropped_codes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sparsewatch_dsp::PipelineParams;
 
-    fn ctx(max_streams: usize) -> (WorkerContext, mpsc::Receiver<Outbound>) {
+    fn ctx(max_streams: usize) -> (WorkerContext, mpsc::Receiver<AnomalyMessage>) {
         let (tx, rx) = mpsc::channel(16);
         let ctx = WorkerContext {
             node: "n".into(),
@@ -225,6 +250,7 @@ mod tests {
             max_streams,
             metrics: Arc::new(Metrics::default()),
             events: tx,
+            codes: None,
             stream_count: Arc::new(AtomicUsize::new(0)),
         };
         (ctx, rx)
@@ -265,6 +291,27 @@ mod tests {
             ),
             (1, 1, 1, 2)
         );
+    }
+
+    #[test]
+    fn codes_are_decimated_and_counted_when_the_queue_is_full() {
+        let (mut c, _rx) = ctx(10);
+        let (tx, mut codes) = mpsc::channel(3);
+        c.codes = Some(CodeSink { tx, every: 2 });
+        let metrics = c.metrics.clone();
+        let mut w = Worker::new(c);
+        // 32 + 8·9 samples: windows 0..=9, of which 0, 2, 4, 6, 8 are due; 3 fit the queue.
+        for t in 0..104 {
+            w.handle(reading("k1", t, (t as f64 * 0.3).sin()));
+        }
+        let mut got = vec![];
+        while let Ok(msg) = codes.try_recv() {
+            assert_eq!(msg.atoms.len(), 8);
+            assert_eq!(msg.atoms.len(), msg.coefficients.len());
+            got.push(msg.window);
+        }
+        assert_eq!(got, vec![0, 2, 4]);
+        assert_eq!(metrics.snapshot().dropped_codes, 2);
     }
 
     #[test]

@@ -11,7 +11,15 @@
 //! - [`sample`]: [`Sample`], one validated reading (event time + finite channel values).
 //! - [`window`]: the [`Framer`](window::Framer) (window length L, hop H, C channels, gaps and
 //!   out-of-order samples handled) and the online [`Normaliser`](window::Normaliser).
-//! - [`score`]: raw scores ([`baseline`](score::baseline): rolling-window Gaussian), the
+//! - [`dictionary`]: the online orthogonal dictionary learner (stochastic Frank–Wolfe on the
+//!   ℓ3 objective, polar-factor oracle by Newton–Schulz with an SVD fallback), with stable atom
+//!   identity across updates.
+//! - [`coding`]: [`SparseCode`], a window's code in the dictionary (x = Dᵀy, top-k, residual,
+//!   energy), allocation-free.
+//! - [`memory`]: the Sparsey-style associative memory ([`SdrMemory`]) and the encoders from
+//!   sparse codes to binary inputs ([`SdrEncoder`]). Not yet a pipeline stage.
+//! - [`score`]: raw scores ([`baseline`](score::baseline): rolling-window Gaussian;
+//!   [`residual`](score::residual): the dictionary's reconstruction residual), the
 //!   HTM-style [`likelihood`](score::likelihood), and the [`alert`](score::alert) state
 //!   machine (hysteresis, learning gate).
 //! - [`pipeline`]: [`Pipeline`], one per stream, wiring the stages in order; its
@@ -21,9 +29,12 @@
 //! ## Data flow of one sample
 //!
 //! `Pipeline::push(sample)` → framer (a window every H samples once L are held) → normaliser
-//! → scorer (raw score in [0, 1]) → likelihood (None during warm-up) → alerter (onset raises
-//! a [`Detection`]) → the scorer learns the window unless the stream is alerting.
+//! → sparse code in the learned dictionary → scorer (raw score in [0, 1]) → likelihood (None
+//! during warm-up) → alerter (onset raises a [`Detection`]) → the scorer and the dictionary
+//! learn the window unless the stream is alerting.
 
+pub mod coding;
+pub mod dictionary;
 pub mod memory;
 pub mod params;
 pub mod pipeline;
@@ -31,6 +42,8 @@ pub mod sample;
 pub mod score;
 pub mod window;
 
+pub use coding::SparseCode;
+pub use dictionary::{DictionaryParams, OrthoDictionary};
 pub use memory::{CodeInput, EncoderParams, MemoryParams, Recall, SdrEncoder, SdrMemory};
 pub use params::ParamError;
 pub use pipeline::{

@@ -1,16 +1,20 @@
-//! The per-stream pipeline: framer → normaliser → scorer → likelihood → alert.
+//! The per-stream pipeline: framer → normaliser → dictionary code → scorer → likelihood →
+//! alert.
 //!
 //! One `Pipeline` per sensor stream. `push` takes one sample and, when it completes a window,
-//! returns that window's report; the model learns from the window only after it was scored,
-//! and not while the stream is alerting.
+//! returns that window's report; the window's sparse code is then readable with
+//! [`Pipeline::code`]. The model (scorer and dictionary) learns from the window only after it
+//! was scored, and not while the stream is alerting.
 
 use serde::{Deserialize, Serialize};
 
-use crate::params::ParamError;
+use crate::coding::SparseCode;
+use crate::dictionary::{DictionaryParams, OrthoDictionary};
+use crate::params::{check_range, ParamError};
 use crate::sample::Sample;
 use crate::score::{
     AlertParams, AlertState, AlertStep, Alerter, AnomalyLikelihood, BaselineParams, BaselineScorer,
-    LikelihoodParams, RawScore,
+    LikelihoodParams, RawScore, ResidualParams, ResidualScorer,
 };
 use crate::window::{Framer, FramerParams, Normaliser, NormaliserParams, PushOutcome};
 
@@ -21,12 +25,16 @@ pub enum DetectorKind {
     /// Rolling-window Gaussian on window features ([`crate::score::baseline`]).
     #[default]
     Baseline,
+    /// The dictionary's reconstruction residual: the share of the normalised window's energy
+    /// its k largest atoms miss. Needs the code stage (window_len × channels ≤ coding.max_dim).
+    Residual,
 }
 
 impl DetectorKind {
     pub fn name(self) -> &'static str {
         match self {
             DetectorKind::Baseline => "baseline",
+            DetectorKind::Residual => "residual",
         }
     }
 }
@@ -40,8 +48,36 @@ pub struct PipelineParams {
     pub framer: FramerParams,
     pub normaliser: NormaliserParams,
     pub baseline: BaselineParams,
+    pub residual: ResidualParams,
+    pub dictionary: DictionaryParams,
+    pub coding: CodingParams,
     pub likelihood: LikelihoodParams,
     pub alert: AlertParams,
+}
+
+/// Sparse coding of each window in the learned orthogonal dictionary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodingParams {
+    /// Atoms kept per window (the k largest |coefficients|). Range 1..=4096, default 8.
+    pub k: usize,
+    /// Largest window dimension (window_len × channels) that gets a dictionary. A dictionary
+    /// is n×n and a learning step costs O(n³), so wider streams run without codes (and cannot
+    /// use the residual detector). Range 0..=1024 (0 disables codes), default 256.
+    pub max_dim: usize,
+}
+
+impl Default for CodingParams {
+    fn default() -> Self {
+        Self { k: 8, max_dim: 256 }
+    }
+}
+
+impl CodingParams {
+    pub fn check(&self) -> Result<(), ParamError> {
+        check_range("k", "in 1..=4096", self.k, 1, 4096)?;
+        check_range("max_dim", "in 0..=1024", self.max_dim, 0, 1024)
+    }
 }
 
 /// Parameters that passed [`PipelineParams::check`]; only these construct a pipeline.
@@ -95,6 +131,8 @@ pub struct WindowReport {
     /// Raw score in [0, 1] and the channel that contributed most.
     pub score: f64,
     pub channel: usize,
+    /// Reconstruction residual of the window's sparse code, when the stream has a dictionary.
+    pub residual: Option<f64>,
     /// `None` during warm-up.
     pub likelihood: Option<f64>,
     pub step: AlertStep,
@@ -124,19 +162,62 @@ pub struct PipelineCounters {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Scorer {
     Baseline(BaselineScorer),
+    Residual(ResidualScorer),
 }
 
 impl Scorer {
-    fn score(&mut self, framer: &Framer, _normalised: &[f64]) -> RawScore {
+    fn score(&mut self, framer: &Framer, codes: Option<&mut CodeStage>, y: &[f64]) -> RawScore {
         match self {
             Scorer::Baseline(b) => b.score(&framer.window()),
+            Scorer::Residual(r) => {
+                let c = codes.expect("the residual detector has a code stage");
+                RawScore {
+                    score: r.score(c.code.residual()),
+                    channel: c.worst_channel(y, framer.params().window_len),
+                }
+            }
         }
     }
 
     fn learn(&mut self) {
         match self {
             Scorer::Baseline(b) => b.learn(),
+            Scorer::Residual(r) => r.learn(),
         }
+    }
+}
+
+/// The dictionary and the code buffers of one stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CodeStage {
+    k: usize,
+    dictionary: OrthoDictionary,
+    code: SparseCode,
+    /// Scratch for the k-term reconstruction (explanations only).
+    reconstruction: Vec<f64>,
+}
+
+impl CodeStage {
+    /// The channel whose samples carry most of the energy the code misses, ‖y_c − ŷ_c‖²
+    /// (windows are channel-major, `len` samples per channel). O(n·k).
+    fn worst_channel(&mut self, y: &[f64], len: usize) -> usize {
+        self.code
+            .reconstruct(self.dictionary.dictionary(), &mut self.reconstruction);
+        let energy = |c: usize| -> f64 {
+            let range = c * len..(c + 1) * len;
+            y[range.clone()]
+                .iter()
+                .zip(&self.reconstruction[range])
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum()
+        };
+        (0..y.len() / len)
+            .map(|c| (c, energy(c)))
+            .fold(
+                (0, f64::MIN),
+                |best, cur| if cur.1 > best.1 { cur } else { best },
+            )
+            .0
     }
 }
 
@@ -148,6 +229,7 @@ pub struct Pipeline {
     framer: Framer,
     normaliser: Normaliser,
     normalised: Vec<f64>,
+    codes: Option<CodeStage>,
     scorer: Scorer,
     likelihood: AnomalyLikelihood,
     alerter: Alerter,
@@ -158,24 +240,59 @@ impl Pipeline {
     /// A pipeline for a stream of `channels` channels.
     ///
     /// # Panics
-    /// If `channels` is 0 or above [`crate::MAX_CHANNELS`].
+    /// If `channels` is 0 or above [`crate::MAX_CHANNELS`], or [`Pipeline::try_new`] fails.
     pub fn new(params: &ValidPipelineParams, channels: usize) -> Self {
+        Self::try_new(params, channels).expect("pipeline for this stream")
+    }
+
+    /// A pipeline for a stream of `channels` channels, or an error when the detector needs a
+    /// dictionary and the window is wider than `coding.max_dim`.
+    ///
+    /// # Panics
+    /// If `channels` is 0 or above [`crate::MAX_CHANNELS`].
+    pub fn try_new(params: &ValidPipelineParams, channels: usize) -> Result<Self, ParamError> {
         let p = params.get().clone();
+        let n = p.framer.window_len * channels;
+        let codes = (n <= p.coding.max_dim).then(|| CodeStage {
+            k: p.coding.k.min(n),
+            dictionary: OrthoDictionary::new(p.dictionary.clone(), n),
+            code: SparseCode::new(n),
+            reconstruction: vec![0.0; n],
+        });
         let scorer = match p.detector {
             DetectorKind::Baseline => {
                 Scorer::Baseline(BaselineScorer::new(p.baseline.clone(), channels))
             }
+            DetectorKind::Residual if codes.is_none() => {
+                return Err(ParamError::new(
+                    "coding.max_dim",
+                    "at least window_len × channels for the residual detector",
+                    format!("{} (window dimension {n})", p.coding.max_dim),
+                ));
+            }
+            DetectorKind::Residual => Scorer::Residual(ResidualScorer::new(p.residual.clone())),
         };
-        Self {
+        Ok(Self {
             framer: Framer::new(p.framer.clone(), channels),
             normaliser: Normaliser::new(p.normaliser.clone(), channels),
-            normalised: vec![0.0; p.framer.window_len * channels],
+            normalised: vec![0.0; n],
+            codes,
             scorer,
             likelihood: AnomalyLikelihood::new(p.likelihood.clone()),
             alerter: Alerter::new(p.alert.clone()),
             counters: PipelineCounters::default(),
             params: p,
-        }
+        })
+    }
+
+    /// The sparse code of the last completed window, when the stream has a dictionary.
+    pub fn code(&self) -> Option<&SparseCode> {
+        self.codes.as_ref().map(|c| &c.code)
+    }
+
+    /// The stream's dictionary, when it has one.
+    pub fn dictionary(&self) -> Option<&OrthoDictionary> {
+        self.codes.as_ref().map(|c| &c.dictionary)
     }
 
     pub fn channels(&self) -> usize {
@@ -235,13 +352,22 @@ impl Pipeline {
         self.normaliser
             .normalise(window.values, window.len, &mut self.normalised);
         let (start_ms, end_ms) = (window.start_ms, window.end_ms);
-        let raw = self.scorer.score(&self.framer, &self.normalised);
+        if let Some(c) = &mut self.codes {
+            c.dictionary.code(&self.normalised, c.k, &mut c.code);
+        }
+        let residual = self.codes.as_ref().map(|c| c.code.residual());
+        let raw = self
+            .scorer
+            .score(&self.framer, self.codes.as_mut(), &self.normalised);
         let learning_before = self.alerter.learning_allowed();
         let likelihood = self.likelihood.update(raw.score, learning_before);
         let step = self.alerter.observe(likelihood);
         let learned = self.alerter.learning_allowed();
         if learned {
             self.scorer.learn();
+            if let Some(c) = &mut self.codes {
+                c.dictionary.learn(&self.normalised);
+            }
         }
         let index = self.counters.windows;
         self.counters.windows += 1;
@@ -263,6 +389,7 @@ impl Pipeline {
             end_ms,
             score: raw.score,
             channel: raw.channel,
+            residual,
             likelihood,
             step,
             learned,
@@ -349,6 +476,77 @@ mod tests {
         let json = serde_json::to_string(&a).unwrap();
         let restored: Pipeline = serde_json::from_str(&json).unwrap();
         assert!(restored == b, "state changed in a JSON round trip");
+    }
+
+    #[test]
+    fn windows_carry_a_sparse_code_from_the_learned_dictionary() {
+        let (p, reports) = run(noise(11).take(3000));
+        let code = p
+            .code()
+            .expect("2 × 32 = 64 ≤ max_dim, so the stream has a dictionary");
+        assert_eq!(code.n(), 64);
+        assert_eq!(code.k(), 8);
+        assert!(reports
+            .iter()
+            .all(|r| r.residual.is_some_and(|v| (0.0..=1.0).contains(&v))));
+        let d = p.dictionary().unwrap();
+        assert!(d.version() > 0, "the dictionary learned");
+        let dtd = d.dictionary().transpose() * d.dictionary();
+        let off = (dtd - nalgebra::DMatrix::<f64>::identity(64, 64)).norm();
+        assert!(off < 1e-9, "‖DᵀD − I‖ = {off}");
+    }
+
+    #[test]
+    fn wide_streams_run_without_codes_and_refuse_the_residual_detector() {
+        let mut params = PipelineParams::default();
+        params.coding.max_dim = 32;
+        let p = Pipeline::new(&params.clone().check().unwrap(), 2);
+        assert!(p.code().is_none());
+        params.detector = DetectorKind::Residual;
+        let err = Pipeline::try_new(&params.check().unwrap(), 2).unwrap_err();
+        assert_eq!(err.field, "coding.max_dim");
+    }
+
+    #[test]
+    fn residual_detector_flags_a_new_pattern_and_constant_input_stays_finite() {
+        let mut params = PipelineParams::default();
+        params.detector = DetectorKind::Residual;
+        let params = params.check().unwrap();
+        let mut p = Pipeline::new(&params, 1);
+        let mut detections = vec![];
+        for t in 0..16_000i64 {
+            // A clean sine, then a square wave of the same amplitude: a shape never seen.
+            let phase = t as f64 * 2.0 * std::f64::consts::PI / 16.0;
+            let v = if t < 12_000 {
+                phase.sin()
+            } else {
+                phase.sin().signum()
+            };
+            let r = p.push(Sample::new(t, &[v]).unwrap());
+            if let Some(rep) = r.report {
+                assert!(rep.score.is_finite() && rep.likelihood.is_none_or(f64::is_finite));
+                detections.extend(rep.detection);
+            }
+        }
+        assert!(!detections.is_empty(), "a change of shape must be detected");
+        assert!(
+            detections.iter().all(|d| d.end_ms >= 12_000),
+            "{detections:?}"
+        );
+
+        let mut flat = Pipeline::new(&params, 1);
+        for t in 0..2000i64 {
+            let r = flat.push(Sample::new(t, &[0.0]).unwrap());
+            if let Some(rep) = r.report {
+                assert!(rep.score.is_finite() && rep.residual.unwrap().is_finite());
+            }
+        }
+        assert!(flat
+            .code()
+            .unwrap()
+            .coefficients()
+            .iter()
+            .all(|c| c.is_finite()));
     }
 
     #[test]

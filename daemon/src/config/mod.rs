@@ -70,6 +70,26 @@ pub struct WorkerSettings {
 #[serde(deny_unknown_fields)]
 pub struct OutputSettings {
     pub queue_capacity: usize,
+    pub codes: CodeOutputSettings,
+}
+
+/// Publishing each window's sparse code on `<prefix>/<node>/code/<key>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeOutputSettings {
+    pub enabled: bool,
+    pub every: u64,
+    pub max_per_sec: u32,
+    pub format: CodeFormat,
+    pub queue_capacity: usize,
+}
+
+/// Encoding of code messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeFormat {
+    Json,
+    Cbor,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,6 +254,15 @@ pub fn validate(settings: Settings) -> Result<ValidSettings, ConfigError> {
     )?;
     check_count("workers.max_streams", s.workers.max_streams, 1, 1 << 24)?;
     check_count("output.queue_capacity", s.output.queue_capacity, 1, 1 << 24)?;
+    check_count(
+        "output.codes.queue_capacity",
+        s.output.codes.queue_capacity,
+        1,
+        1 << 24,
+    )?;
+    if s.output.codes.every == 0 {
+        return Err(invalid("output.codes.every", "must be at least 1"));
+    }
     tracing_subscriber::EnvFilter::try_new(&s.log.level)
         .map_err(|e| invalid("log.level", format!("{:?}: {e}", s.log.level)))?;
     let template = TopicTemplate::parse(&s.topics.template)
@@ -349,6 +378,8 @@ mod tests {
             ("[mqtt]\nsubscribe = [\"a/#/b\"]\n", "mqtt.subscribe"),
             ("[workers]\ncount = 0\n", "workers.count"),
             ("[log]\nlevel = \"=[\"\n", "log.level"),
+            ("[output.codes]\nevery = 0\n", "output.codes.every"),
+            ("[output.codes]\nformat = \"xml\"\n", "xml"),
         ];
         for (text, key) in cases {
             let err = load_with_env(Source::Text(text), no_env()).unwrap_err();

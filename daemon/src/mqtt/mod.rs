@@ -11,10 +11,10 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, Notify};
 
-use crate::config::ValidSettings;
+use crate::config::{CodeFormat, ValidSettings};
 use crate::metrics::{now_ms, LogLimiter, Metrics};
-use crate::wire::{decode_payload, Reading, StatusMessage};
-use crate::worker::{Outbound, Workers};
+use crate::wire::{decode_payload, AnomalyMessage, CodeMessage, Reading, StatusMessage};
+use crate::worker::Workers;
 
 /// Room above `max_payload_bytes` for the topic and header, so a payload that is merely too
 /// large for us is refused and counted instead of making rumqttc drop the connection.
@@ -162,16 +162,22 @@ impl Ingest {
     }
 }
 
-/// Publishes what the workers send until every sender is gone.
+/// Publishes what the workers send until every sender is gone: anomaly events first (QoS 1,
+/// awaited), codes when no event is waiting (QoS 0, `try_publish`, rate-limited, shed first).
 pub async fn publish_outbound(
     settings: ValidSettings,
     client: AsyncClient,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut anomalies: mpsc::Receiver<AnomalyMessage>,
+    mut codes: Option<mpsc::Receiver<CodeMessage>>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(out) = rx.recv().await {
-        match out {
-            Outbound::Anomaly(msg) => {
+    let code_settings = &settings.settings.output.codes;
+    let mut bucket = TokenBucket::new(code_settings.max_per_sec);
+    loop {
+        tokio::select! {
+            biased;
+            msg = anomalies.recv() => {
+                let Some(msg) = msg else { break };
                 let topic = anomaly_topic(&settings, &msg.key);
                 let body = serde_json::to_vec(&msg).expect("anomaly message serialises");
                 match client.publish(topic, QoS::AtLeastOnce, false, body).await {
@@ -182,6 +188,140 @@ pub async fn publish_outbound(
                     }
                 }
             }
+            code = recv_code(&mut codes) => {
+                let Some(code) = code else {
+                    codes = None;
+                    continue;
+                };
+                if !bucket.take(std::time::Instant::now()) {
+                    Metrics::inc(&metrics.dropped_codes);
+                    continue;
+                }
+                let topic = format!("{}/code/{}", settings.topic_root(), code.key);
+                let body = encode_code(&code, code_settings.format);
+                match client.try_publish(topic, QoS::AtMostOnce, false, body) {
+                    Ok(()) => Metrics::inc(&metrics.codes_published),
+                    Err(_) => Metrics::inc(&metrics.dropped_codes),
+                }
+            }
         }
+    }
+    // The workers are gone; publish the codes they left behind (bounded by the queue).
+    if let Some(rx) = codes.as_mut() {
+        while let Ok(code) = rx.try_recv() {
+            let topic = format!("{}/code/{}", settings.topic_root(), code.key);
+            if client
+                .try_publish(
+                    topic,
+                    QoS::AtMostOnce,
+                    false,
+                    encode_code(&code, code_settings.format),
+                )
+                .is_ok()
+            {
+                Metrics::inc(&metrics.codes_published);
+            } else {
+                Metrics::inc(&metrics.dropped_codes);
+            }
+        }
+    }
+}
+
+async fn recv_code(codes: &mut Option<mpsc::Receiver<CodeMessage>>) -> Option<CodeMessage> {
+    match codes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// JSON or CBOR bytes of a code message.
+pub fn encode_code(code: &CodeMessage, format: CodeFormat) -> Vec<u8> {
+    match format {
+        CodeFormat::Json => serde_json::to_vec(code).expect("code message serialises"),
+        CodeFormat::Cbor => {
+            let mut out = Vec::with_capacity(256);
+            ciborium::into_writer(code, &mut out).expect("code message serialises");
+            out
+        }
+    }
+}
+
+/// At most `rate` takes per second, with a burst of one second's worth. 0 = unlimited.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Option<std::time::Instant>,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: None,
+        }
+    }
+
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        if let Some(last) = self.last {
+            let refill = now.duration_since(last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.rate);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn token_bucket_limits_the_rate_and_refills() {
+        let mut b = TokenBucket::new(10);
+        let t0 = Instant::now();
+        let first: usize = (0..20).filter(|_| b.take(t0)).count();
+        assert_eq!(first, 10, "a burst of one second's worth");
+        assert!(!b.take(t0));
+        assert!(
+            b.take(t0 + Duration::from_millis(150)),
+            "refilled after 0.1 s"
+        );
+        let mut unlimited = TokenBucket::new(0);
+        assert!((0..10_000).all(|_| unlimited.take(t0)));
+    }
+
+    #[test]
+    fn codes_encode_as_json_and_cbor_with_the_same_fields() {
+        let code = CodeMessage {
+            schema: 1,
+            node: "n".into(),
+            key: "a/b".into(),
+            window: 3,
+            window_start_ms: 10,
+            window_end_ms: 41,
+            atoms: vec![4, 1],
+            coefficients: vec![2.5, -1.0],
+            residual: 0.1,
+            energy: 7.25,
+            dictionary_version: 9,
+            score: 0.2,
+            likelihood: None,
+        };
+        let json: CodeMessage =
+            serde_json::from_slice(&encode_code(&code, CodeFormat::Json)).unwrap();
+        assert_eq!(json, code);
+        let cbor: CodeMessage =
+            ciborium::from_reader(&encode_code(&code, CodeFormat::Cbor)[..]).unwrap();
+        assert_eq!(cbor, code);
     }
 }

@@ -2,7 +2,7 @@
 //! number that changes only when a field changes meaning or disappears (new fields may be added).
 
 use serde::{Deserialize, Serialize};
-use sparsewatch_dsp::Detection;
+use sparsewatch_dsp::{Detection, SparseCode, WindowReport};
 
 /// Version of the anomaly event and status payloads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -45,6 +45,54 @@ impl AnomalyMessage {
             threshold: d.threshold,
             detector: detector.to_string(),
             channel: channel.to_string(),
+        }
+    }
+}
+
+/// `<prefix>/<node>/code/<key>`, QoS 0: the sparse code of one window in the stream's
+/// learned orthogonal dictionary. Atom indices are stable across dictionary updates (the
+/// learner keeps each atom's index and sign), so `atoms` today means the same thing tomorrow;
+/// `dictionary_version` says which update produced the code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeMessage {
+    pub schema: u32,
+    pub node: String,
+    pub key: String,
+    /// 0-based index of the window in its stream.
+    pub window: u64,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    /// Kept atoms, largest |coefficient| first, and their coefficients (normalised units).
+    pub atoms: Vec<usize>,
+    pub coefficients: Vec<f64>,
+    /// Share of the normalised window's energy the kept atoms miss, in [0, 1].
+    pub residual: f64,
+    /// ‖y‖² of the normalised window.
+    pub energy: f64,
+    pub dictionary_version: u64,
+    /// Raw anomaly score and likelihood of the window (`null` during warm-up).
+    pub score: f64,
+    pub likelihood: Option<f64>,
+}
+
+impl CodeMessage {
+    /// The code message of `report`'s window, whose sparse code is `code`. The workers and the
+    /// offline replay both build code messages here, so they publish the same schema.
+    pub fn new(node: &str, key: &str, report: &WindowReport, code: &SparseCode) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            node: node.to_string(),
+            key: key.to_string(),
+            window: report.index,
+            window_start_ms: report.start_ms,
+            window_end_ms: report.end_ms,
+            atoms: code.indices().to_vec(),
+            coefficients: code.values().to_vec(),
+            residual: code.residual(),
+            energy: code.energy(),
+            dictionary_version: code.version(),
+            score: report.score,
+            likelihood: report.likelihood,
         }
     }
 }
@@ -140,6 +188,26 @@ mod schema_tests {
         let mut bad = msg.clone();
         bad["seq"] = 0.into();
         assert!(!anomaly.is_valid(&bad), "the schema must reject seq 0");
+
+        let code = validator(include_str!("../../schemas/code.schema.json"));
+        let msg = CodeMessage {
+            schema: SCHEMA_VERSION,
+            node: "n".into(),
+            key: "a/b".into(),
+            window: 0,
+            window_start_ms: 1,
+            window_end_ms: 2,
+            atoms: vec![3, 0],
+            coefficients: vec![1.5, -0.5],
+            residual: 0.25,
+            energy: 3.0,
+            dictionary_version: 0,
+            score: 0.0,
+            likelihood: None,
+        };
+        let v = serde_json::to_value(&msg).unwrap();
+        let errors: Vec<String> = code.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
 
         let status = validator(include_str!("../../schemas/status.schema.json"));
         for online in [true, false] {

@@ -7,6 +7,6 @@ pub mod events;
 mod payload;
 mod topic;
 
-pub use events::{AnomalyMessage, StatusMessage, SCHEMA_VERSION};
+pub use events::{AnomalyMessage, CodeMessage, StatusMessage, SCHEMA_VERSION};
 pub use payload::{decode_payload, PayloadError, Reading};
 pub use topic::TopicTemplate;

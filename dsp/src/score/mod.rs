@@ -3,6 +3,7 @@
 //!
 //! - [`baseline`]: the rolling-window Gaussian reference detector (NAB's "windowed Gaussian"
 //!   idea applied to per-window features).
+//! - [`residual`]: the dictionary's reconstruction residual, relative to its usual level.
 //! - [`likelihood`]: the HTM-style anomaly likelihood (rolling Gaussian of averaged raw
 //!   scores, one-sided upper tail, warm-up reported as such).
 //! - [`alert`]: hysteresis, so one incident raises one event, and the learning gate.
@@ -10,11 +11,13 @@
 pub mod alert;
 pub mod baseline;
 pub mod likelihood;
+pub mod residual;
 mod special;
 
 pub use alert::{AlertParams, AlertState, AlertStep, Alerter};
 pub use baseline::{BaselineParams, BaselineScorer};
 pub use likelihood::{AnomalyLikelihood, LikelihoodParams};
+pub use residual::{ResidualParams, ResidualScorer};
 pub use special::{erfc, normal_upper_tail};
 
 /// A raw score for one window: in [0, 1], higher is more anomalous, plus the channel that

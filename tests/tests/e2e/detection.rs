@@ -71,6 +71,7 @@ fn step_fault_is_detected_on_its_key_only() {
         )
     });
     let event = first.json().expect("event is JSON");
+    crate::assert_valid(&crate::schema("anomaly.schema.json"), &event);
     assert_eq!(event["schema"], 1, "{event}");
     assert_eq!(event["node"], config.node_id.as_str(), "{event}");
     assert_eq!(event["key"], "line1/motor", "{event}");

@@ -6,6 +6,7 @@
 //! must be installed (`apt-get install -y mosquitto`).
 
 mod cli;
+mod codes;
 mod demo;
 mod detection;
 mod garbage;
@@ -59,6 +60,25 @@ pub fn start_online(config: &TestConfig) -> Daemon {
         daemon.output()
     );
     daemon
+}
+
+/// A validator for one of the JSON Schema files in `daemon/schemas/`.
+pub fn schema(name: &str) -> jsonschema::Validator {
+    let path = sparsewatch_e2e::workspace_root()
+        .join("daemon/schemas")
+        .join(name);
+    let text = std::fs::read_to_string(&path).expect("read the schema");
+    let schema: serde_json::Value = serde_json::from_str(&text).expect("schema is JSON");
+    jsonschema::validator_for(&schema).expect("schema compiles")
+}
+
+/// Panics with every violation when `value` does not match `validator`.
+pub fn assert_valid(validator: &jsonschema::Validator, value: &serde_json::Value) {
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{value} violates its schema: {errors:?}");
 }
 
 /// Seed of the `n`-th random stream of a test, derived from the harness's one seed.

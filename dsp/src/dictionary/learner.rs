@@ -1,0 +1,404 @@
+//! The online orthogonal dictionary learner (stochastic Frank–Wolfe, "NoncvxSFW").
+
+use nalgebra::DMatrix;
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::identity::AtomMatcher;
+use super::params::{DictionaryParams, Objective, PolarMethod, Retraction};
+use super::polar::{gemm_nt, polar_svd, PolarWorkspace};
+use crate::coding::{encode_threshold, encode_top_k, SparseCode};
+
+/// What [`OrthoDictionary::learn`] did with a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LearnOutcome {
+    /// Added to the minibatch; the dictionary is unchanged.
+    Buffered,
+    /// The minibatch was full and a step ran: the dictionary changed (new version).
+    Stepped,
+    /// The minibatch was full but carried no gradient (e.g. all-zero windows) and the running
+    /// gradient was zero too, so there was no direction to move in; the step was skipped and
+    /// the schedule did not advance.
+    Skipped,
+}
+
+/// Counters over the learner's life, for health reporting and the benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DictionaryStats {
+    /// Minibatches that could not move the dictionary ([`LearnOutcome::Skipped`]).
+    pub skipped: u64,
+    /// Polar factors computed by Newton–Schulz, and its total iterations.
+    pub newton_schulz: u64,
+    pub newton_schulz_iterations: u64,
+    /// Polar factors that needed the SVD (by choice or as fallback).
+    pub svd: u64,
+}
+
+/// Everything that defines the learner; serialised as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    params: DictionaryParams,
+    /// Resolved minibatch size b.
+    minibatch: usize,
+    /// The Frank–Wolfe iterate (analysis matrix, rows are atoms). Orthogonal with
+    /// [`Retraction::EveryStep`], inside the spectral-norm unit ball otherwise.
+    a: DMatrix<f64>,
+    /// Running average of the stochastic gradient.
+    d: DMatrix<f64>,
+    /// The published dictionary D = polar(A)ᵀ (atoms are columns), orthogonal to rounding.
+    dictionary: DMatrix<f64>,
+    /// The minibatch being collected, one window per column; the first `filled` are valid.
+    batch: DMatrix<f64>,
+    filled: usize,
+    /// Steps taken (t − 1 in the spec's notation).
+    steps: u64,
+    version: u64,
+    /// Frank–Wolfe gap proxy ⟨d, S − A⟩ of the last step.
+    gap: f64,
+    /// Consecutive oracle calls where Newton–Schulz did not converge; while positive, the
+    /// oracle goes straight to the SVD except every `NS_RETRY`-th step, so persistently
+    /// degenerate data does not pay for both.
+    ns_failures: u32,
+    stats: DictionaryStats,
+}
+
+/// Retry Newton–Schulz for the oracle this often while it keeps failing.
+const NS_RETRY: u64 = 16;
+
+/// Scratch buffers, allocated once per learner and never serialised.
+#[derive(Debug, Clone)]
+struct Workspace {
+    /// Codes A·Y of the minibatch, then their ℓ3/ℓ4 gradient weights (n × b).
+    z: DMatrix<f64>,
+    /// The minibatch gradient g, then the oracle answer S.
+    g: DMatrix<f64>,
+    /// Candidate running gradient, then the new dictionary before matching.
+    next: DMatrix<f64>,
+    /// The matched new dictionary.
+    aligned: DMatrix<f64>,
+    polar: PolarWorkspace,
+    matcher: AtomMatcher,
+}
+
+impl Workspace {
+    fn new(n: usize, b: usize) -> Self {
+        Self {
+            z: DMatrix::zeros(n, b),
+            g: DMatrix::zeros(n, n),
+            next: DMatrix::zeros(n, n),
+            aligned: DMatrix::zeros(n, n),
+            polar: PolarWorkspace::new(n),
+            matcher: AtomMatcher::new(n),
+        }
+    }
+}
+
+/// An n×n orthogonal dictionary learned online from windows y ∈ Rⁿ, and the sparse coder
+/// that uses it.
+///
+/// Each window goes into a minibatch of b; a full minibatch runs one stochastic Frank–Wolfe
+/// step (spec §2) and refreshes the published dictionary, whose atoms keep their index and
+/// sign across steps (each update is matched to the previous dictionary, largest overlap
+/// first, and signs are fixed so ⟨old_i, new_i⟩ ≥ 0). All of the learner's buffers are
+/// allocated in [`new`](Self::new): buffering a window and coding never allocate. A step
+/// (once per b windows) runs its matrix products through nalgebra's `gemm`, whose
+/// matrixmultiply backend allocates a small packing buffer per product (about 30 per step,
+/// freed at once), and the rare SVD fallback of the polar factor allocates too (counted in
+/// [`stats`](Self::stats)).
+///
+/// Inputs must be finite (the pipeline drops non-finite samples before framing); this is
+/// checked in debug builds only. Serialises (serde) to its full state; a restored learner
+/// produces bit-identical outputs.
+#[derive(Debug, Clone)]
+pub struct OrthoDictionary {
+    state: State,
+    ws: Workspace,
+}
+
+impl PartialEq for OrthoDictionary {
+    fn eq(&self, other: &Self) -> bool {
+        self.state == other.state
+    }
+}
+
+impl Serialize for OrthoDictionary {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.state.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for OrthoDictionary {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let state = State::deserialize(d)?;
+        state.validate().map_err(serde::de::Error::custom)?;
+        let ws = Workspace::new(state.dictionary.nrows(), state.minibatch);
+        Ok(Self { state, ws })
+    }
+}
+
+impl State {
+    /// Shape checks for a deserialised state, so a corrupt checkpoint is an error, not a
+    /// panic later on the hot path.
+    fn validate(&self) -> Result<(), String> {
+        self.params.check().map_err(|e| e.to_string())?;
+        let n = self.dictionary.nrows();
+        let square = |m: &DMatrix<f64>| m.nrows() == n && m.ncols() == n;
+        if n == 0 || !square(&self.dictionary) || !square(&self.a) || !square(&self.d) {
+            return Err(format!("dictionary state: matrices must all be {n}×{n}"));
+        }
+        if self.minibatch != self.params.minibatch_for(n)
+            || self.batch.nrows() != n
+            || self.batch.ncols() != self.minibatch
+            || self.filled >= self.minibatch
+        {
+            return Err("dictionary state: minibatch buffer inconsistent".into());
+        }
+        Ok(())
+    }
+}
+
+impl OrthoDictionary {
+    /// A learner for windows of length `n`, starting from a seeded random orthogonal basis
+    /// (Q of the QR of a U[0,1) matrix, as in the authors' code).
+    ///
+    /// # Panics
+    /// If `params` does not pass [`DictionaryParams::check`] or `n` is 0.
+    pub fn new(params: DictionaryParams, n: usize) -> Self {
+        params.check().expect("DictionaryParams must be checked");
+        assert!(n > 0, "dictionary dimension must be positive");
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(params.seed);
+        let uniform: Vec<f64> = (0..n * n).map(|_| rng.random::<f64>()).collect();
+        let q = DMatrix::from_vec(n, n, uniform).qr().q();
+        let b = params.minibatch_for(n);
+        let state = State {
+            a: q.transpose(),
+            d: DMatrix::zeros(n, n),
+            dictionary: q,
+            batch: DMatrix::zeros(n, b),
+            filled: 0,
+            steps: 0,
+            version: 0,
+            gap: 0.0,
+            ns_failures: 0,
+            stats: DictionaryStats::default(),
+            minibatch: b,
+            params,
+        };
+        Self {
+            ws: Workspace::new(n, b),
+            state,
+        }
+    }
+
+    /// Window length n = number of atoms.
+    pub fn n(&self) -> usize {
+        self.state.dictionary.nrows()
+    }
+
+    /// Minibatch size b.
+    pub fn minibatch(&self) -> usize {
+        self.state.minibatch
+    }
+
+    pub fn params(&self) -> &DictionaryParams {
+        &self.state.params
+    }
+
+    /// The published dictionary D (n×n, atoms are columns, DᵀD = I to rounding).
+    pub fn dictionary(&self) -> &DMatrix<f64> {
+        &self.state.dictionary
+    }
+
+    /// The Frank–Wolfe iterate A (rows are atoms); equals Dᵀ with per-step retraction.
+    /// For diagnostics and tests.
+    pub fn iterate(&self) -> &DMatrix<f64> {
+        &self.state.a
+    }
+
+    /// The running gradient average d. For diagnostics and tests.
+    pub fn gradient_average(&self) -> &DMatrix<f64> {
+        &self.state.d
+    }
+
+    /// Increments each time the published dictionary changes.
+    pub fn version(&self) -> u64 {
+        self.state.version
+    }
+
+    /// Frank–Wolfe steps taken.
+    pub fn steps(&self) -> u64 {
+        self.state.steps
+    }
+
+    /// Windows in the minibatch being collected.
+    pub fn pending(&self) -> usize {
+        self.state.filled
+    }
+
+    /// Frank–Wolfe gap proxy ⟨d, S − A⟩ ≥ 0 of the last step (0 before the first): how much
+    /// the linearised objective could still improve. Decays towards 0 at a stationary point.
+    pub fn gap(&self) -> f64 {
+        self.state.gap
+    }
+
+    pub fn stats(&self) -> DictionaryStats {
+        self.state.stats
+    }
+
+    /// Adds one window to the minibatch and runs a step when the minibatch is full.
+    ///
+    /// # Panics
+    /// If `y.len() != n`. `y` must be finite (debug-checked).
+    pub fn learn(&mut self, y: &[f64]) -> LearnOutcome {
+        let n = self.n();
+        assert_eq!(
+            y.len(),
+            n,
+            "window length must equal the dictionary dimension"
+        );
+        debug_assert!(y.iter().all(|v| v.is_finite()), "non-finite window");
+        let st = &mut self.state;
+        st.batch.column_mut(st.filled).copy_from_slice(y);
+        st.filled += 1;
+        if st.filled < st.minibatch {
+            return LearnOutcome::Buffered;
+        }
+        st.filled = 0;
+        self.step()
+    }
+
+    /// Learns every column of `ys` (n × m) in order, as `m` calls of [`learn`](Self::learn).
+    /// Returns the number of steps that changed the dictionary.
+    pub fn learn_batch(&mut self, ys: &DMatrix<f64>) -> usize {
+        assert_eq!(ys.nrows(), self.n(), "windows must be columns of length n");
+        let n = self.n();
+        ys.as_slice()
+            .chunks_exact(n)
+            .filter(|y| self.learn(y) == LearnOutcome::Stepped)
+            .count()
+    }
+
+    /// Codes `y` with the current dictionary, keeping the `k` largest coefficients.
+    /// See [`crate::coding`].
+    pub fn code(&self, y: &[f64], k: usize, out: &mut SparseCode) {
+        encode_top_k(&self.state.dictionary, self.state.version, y, k, out);
+    }
+
+    /// Codes `y`, keeping every coefficient with |x_i| ≥ `threshold`.
+    pub fn code_threshold(&self, y: &[f64], threshold: f64, out: &mut SparseCode) {
+        encode_threshold(
+            &self.state.dictionary,
+            self.state.version,
+            y,
+            threshold,
+            out,
+        );
+    }
+
+    /// One stochastic Frank–Wolfe step on the full minibatch.
+    fn step(&mut self) -> LearnOutcome {
+        let (st, ws) = (&mut self.state, &mut self.ws);
+        let b = st.minibatch as f64;
+        // Z = A·Y, then the objective's gradient weights: Z∘|Z| (ℓ3) or Z∘Z∘Z (ℓ4).
+        ws.z.gemm(1.0, &st.a, &st.batch, 0.0);
+        match st.params.objective {
+            Objective::L3 => ws.z.apply(|z| *z *= z.abs()),
+            Objective::L4 => ws.z.apply(|z| *z = *z * *z * *z),
+        }
+        // g = (1/b)·W·Yᵀ.
+        gemm_nt(&mut ws.g, 1.0 / b, &ws.z, &st.batch);
+        let t = st.steps + 1;
+        let (rho, gamma) = st.params.rates(t);
+        // Candidate d ← (1−ρ)·d + ρ·g. With zero data and a zero (or, for ρ = 1, discarded)
+        // history there is no direction: skip rather than ask the oracle for polar(0).
+        ws.next.copy_from(&st.d);
+        blend(&mut ws.next, rho, &ws.g);
+        if ws.next.iter().all(|&v| v == 0.0) {
+            st.stats.skipped += 1;
+            return LearnOutcome::Skipped;
+        }
+        std::mem::swap(&mut st.d, &mut ws.next);
+        // Oracle S = polar(d), into `g`.
+        ws.g.copy_from(&st.d);
+        let retry = st.steps % NS_RETRY == 0;
+        let method = if st.ns_failures > 0 && !retry {
+            PolarMethod::Svd
+        } else {
+            st.params.polar
+        };
+        let converged = polar(&mut ws.g, &st.d, method, &mut ws.polar, &mut st.stats);
+        if method == PolarMethod::NewtonSchulz {
+            st.ns_failures = if converged { 0 } else { st.ns_failures + 1 };
+        }
+        st.gap = st.d.dot(&ws.g) - st.d.dot(&st.a);
+        // A ← (1−γ)·A + γ·S, then the projection onto O(n).
+        blend(&mut st.a, gamma, &ws.g);
+        match st.params.retraction {
+            Retraction::EveryStep => {
+                ws.next.copy_from(&st.a);
+                polar(
+                    &mut st.a,
+                    &ws.next,
+                    st.params.polar,
+                    &mut ws.polar,
+                    &mut st.stats,
+                );
+                st.a.transpose_to(&mut ws.next);
+            }
+            Retraction::ReadOut => {
+                ws.g.copy_from(&st.a);
+                polar(
+                    &mut ws.g,
+                    &st.a,
+                    st.params.polar,
+                    &mut ws.polar,
+                    &mut st.stats,
+                );
+                ws.g.transpose_to(&mut ws.next);
+            }
+        }
+        // Keep atom i meaning the same atom: align the new dictionary (in `next`) to the old.
+        if ws.matcher.match_atoms(&st.dictionary, &ws.next) {
+            ws.matcher.permute_columns(&ws.next, &mut ws.aligned);
+            std::mem::swap(&mut ws.next, &mut ws.aligned);
+            ws.matcher.permute_rows(&mut st.a);
+            ws.matcher.permute_rows(&mut st.d);
+        }
+        std::mem::swap(&mut st.dictionary, &mut ws.next);
+        st.steps += 1;
+        st.version += 1;
+        LearnOutcome::Stepped
+    }
+}
+
+/// `y ← (1−w)·y + w·x`, elementwise.
+fn blend(y: &mut DMatrix<f64>, w: f64, x: &DMatrix<f64>) {
+    for (y, &x) in y.iter_mut().zip(x.iter()) {
+        *y = (1.0 - w) * *y + w * x;
+    }
+}
+
+/// Replaces `x` (a copy of `source`) by polar(source), by Newton–Schulz with SVD fallback or
+/// by SVD directly. Returns whether Newton–Schulz converged (true for the SVD method). If
+/// both fail (cannot happen for finite input), `x` is left as `source`'s copy.
+fn polar(
+    x: &mut DMatrix<f64>,
+    source: &DMatrix<f64>,
+    method: PolarMethod,
+    ws: &mut PolarWorkspace,
+    stats: &mut DictionaryStats,
+) -> bool {
+    if method == PolarMethod::NewtonSchulz {
+        if let Some(iters) = ws.newton_schulz(x) {
+            stats.newton_schulz += 1;
+            stats.newton_schulz_iterations += u64::from(iters);
+            return true;
+        }
+        x.copy_from(source);
+    }
+    stats.svd += 1;
+    let ok = polar_svd(x);
+    debug_assert!(ok, "SVD of a finite matrix failed");
+    method == PolarMethod::Svd
+}

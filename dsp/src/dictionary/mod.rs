@@ -1,0 +1,25 @@
+//! Online orthogonal dictionary learning by stochastic Frank–Wolfe (Xue & Lau,
+//! arXiv 2103.01484; spec: `shared/specs/online-orthogonal-dictionary.md`).
+//!
+//! The learner finds an n×n orthogonal basis D in which the windows are sparse, by maximising
+//! the expected ℓ3 "spikiness" E‖Dᵀy‖₃³ of the codes. The constraint DᵀD = I is relaxed to its
+//! convex hull, the spectral-norm unit ball: the maximum of a convex function over that ball is
+//! still attained on O(n), Frank–Wolfe iterates stay feasible without projection, and the
+//! linear oracle over the ball is a polar factor. Nothing but the current iterate, a running
+//! gradient and a step counter is kept, so the learner runs forever on a stream.
+//!
+//! - [`params`]: [`DictionaryParams`] (minibatch, schedule, objective, retraction, floors).
+//! - [`learner`]: [`OrthoDictionary`], the state and the Frank–Wolfe step.
+//! - `polar`: polar factors by scaled Newton–Schulz with an SVD fallback.
+//! - `identity`: matching atoms across updates so an atom keeps its index and sign.
+//!
+//! Coding windows with the learned dictionary is in [`crate::coding`].
+
+pub mod learner;
+pub mod params;
+
+mod identity;
+mod polar;
+
+pub use learner::{DictionaryStats, LearnOutcome, OrthoDictionary};
+pub use params::{DictionaryParams, Objective, PolarMethod, Retraction, Schedule, MAX_MINIBATCH};

@@ -1,0 +1,104 @@
+//! Codes on the bus: every window's sparse code is published on
+//! `<prefix>/<node>/code/<key>` at QoS 0, matches `daemon/schemas/code.schema.json`, and the
+//! decimation and CBOR options do what the configuration says.
+
+use std::time::Duration;
+
+use sparsewatch_e2e::{Mosquitto, TestClient, TestConfig, TIMEOUT};
+
+use crate::{gaussian, start_online, values_payload, T0_MS};
+
+/// Samples published; with window 32 and hop 8 they make (200 − 32) / 8 + 1 = 22 windows.
+const N: usize = 200;
+const WINDOWS: u64 = 22;
+
+fn publish_stream(config: &TestConfig, key: &str) {
+    let xs = gaussian(crate::stream_seed(40), N, 3.0, 1.0);
+    let mut publisher = TestClient::connect(config.port, &format!("{}-pub", config.node_id))
+        .expect("connect publisher");
+    for (i, x) in xs.iter().enumerate() {
+        let ts = T0_MS + i as i64 * 1000;
+        publisher
+            .publish(
+                &config.input_topic(key),
+                values_payload(ts, &[("a", *x), ("b", -x)]),
+            )
+            .expect("publish");
+    }
+    publisher.flush().expect("broker acknowledged every sample");
+}
+
+fn collect(client: &TestClient, want: usize) -> Vec<sparsewatch_e2e::Message> {
+    let mut got = vec![];
+    while got.len() < want {
+        match client.recv(Duration::from_secs(20)) {
+            Some(m) => got.push(m),
+            None => break,
+        }
+    }
+    got
+}
+
+/// With the default configuration, each of the 22 windows of a two-channel stream yields one
+/// JSON code message, in window order, valid against the code schema, with 8 atoms (the
+/// default k) and their coefficients, a residual in [0, 1] and the stream's key.
+#[test]
+fn every_window_publishes_a_valid_json_code() {
+    let broker = Mosquitto::start().expect("start mosquitto");
+    let config = TestConfig::new("codes", broker.port());
+    let mut daemon = start_online(&config);
+    let codes = TestClient::connect(broker.port(), &format!("{}-sub", config.node_id))
+        .expect("connect subscriber");
+    let topic = format!("{}/{}/code/site1/pump", config.prefix, config.node_id);
+    codes.subscribe(&topic).expect("subscribe to codes");
+
+    publish_stream(&config, "site1/pump");
+    let got = collect(&codes, WINDOWS as usize);
+    assert_eq!(got.len() as u64, WINDOWS, "log:\n{}", daemon.output());
+    let validator = crate::schema("code.schema.json");
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.topic, topic);
+        let v = m.json().expect("code is JSON");
+        crate::assert_valid(&validator, &v);
+        assert_eq!(v["window"], i as u64, "{v}");
+        assert_eq!(v["key"], "site1/pump", "{v}");
+        assert_eq!(v["atoms"].as_array().map(Vec::len), Some(8), "{v}");
+        assert_eq!(v["coefficients"].as_array().map(Vec::len), Some(8), "{v}");
+    }
+    let done = daemon.wait_for_summary(TIMEOUT, |s| s.get("codes") >= WINDOWS);
+    assert!(
+        done.is_some(),
+        "summary never counted the codes: {:?}",
+        daemon.last_summary()
+    );
+    assert_eq!(daemon.stop().expect("stop").code(), Some(0));
+}
+
+/// `output.codes.every = 4` and `format = "cbor"`: only windows 0, 4, 8, … are published,
+/// as CBOR maps with the same fields as the JSON form.
+#[test]
+fn decimated_cbor_codes() {
+    let broker = Mosquitto::start().expect("start mosquitto");
+    let mut config = TestConfig::new("codes-cbor", broker.port());
+    config.extra = "[output.codes]\nevery = 4\nformat = \"cbor\"\n".into();
+    let mut daemon = start_online(&config);
+    let codes = TestClient::connect(broker.port(), &format!("{}-sub", config.node_id))
+        .expect("connect subscriber");
+    codes
+        .subscribe(&format!("{}/{}/code/#", config.prefix, config.node_id))
+        .expect("subscribe to codes");
+
+    publish_stream(&config, "site1/fan");
+    let expected: Vec<u64> = (0..WINDOWS).step_by(4).collect();
+    let got = collect(&codes, expected.len());
+    let windows: Vec<u64> = got
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = ciborium::from_reader(&m.payload[..]).expect("code is CBOR");
+            crate::assert_valid(&crate::schema("code.schema.json"), &v);
+            v["window"].as_u64().expect("window index")
+        })
+        .collect();
+    assert_eq!(windows, expected, "log:\n{}", daemon.output());
+    assert_eq!(daemon.stop().expect("stop").code(), Some(0));
+}
