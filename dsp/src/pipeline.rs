@@ -509,8 +509,10 @@ mod tests {
 
     #[test]
     fn residual_detector_flags_a_new_pattern_and_constant_input_stays_finite() {
-        let mut params = PipelineParams::default();
-        params.detector = DetectorKind::Residual;
+        let params = PipelineParams {
+            detector: DetectorKind::Residual,
+            ..Default::default()
+        };
         let params = params.check().unwrap();
         let mut p = Pipeline::new(&params, 1);
         let mut detections = vec![];
