@@ -4,12 +4,12 @@
 //! cargo run -p sparsewatch --example generate_fixtures -- fixtures/
 //! ```
 //!
-//! The output is deterministic (one fixed seed, see `fixtures/gen/pump.rs`), and
+//! The output is deterministic (fixed seeds, see `fixtures/gen/`), and
 //! `daemon/tests/fixtures.rs` checks that the committed files are exactly what this writes.
 //! `fixtures/README.md` describes the files.
 
-#[path = "../../fixtures/gen/pump.rs"]
-mod pump;
+#[path = "../../fixtures/gen/mod.rs"]
+mod fixture_gen;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         eprintln!("error: cannot create {}: {e}", dir.display());
         return ExitCode::FAILURE;
     }
-    for file in pump::generate() {
+    for file in fixture_gen::generate() {
         let path = dir.join(file.name);
         if let Err(e) = std::fs::write(&path, &file.contents) {
             eprintln!("error: cannot write {}: {e}", path.display());

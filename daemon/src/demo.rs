@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, Source};
-use crate::fixtures::{self, FixtureMessage, Labels};
+use crate::fixtures::{self, Labels};
 use crate::metrics::Metrics;
 use crate::service;
 use crate::wire::{AnomalyMessage, StatusMessage};
@@ -68,7 +67,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<usize> {
     );
     println!("subscribed to {root}/# — anomaly events appear below as they arrive:\n");
     let started = Instant::now();
-    let replay = tokio::spawn(replay(port, messages.clone(), opts.speed));
+    let target = crate::replay::broker::Target {
+        host: "127.0.0.1".into(),
+        port,
+        client_id: "sparsewatch-demo-replay".into(),
+        speed: opts.speed,
+    };
+    let replay = tokio::spawn(crate::replay::broker::publish(
+        target,
+        messages.clone(),
+        indicatif::ProgressBar::hidden(),
+    ));
     let published = loop {
         printer.next_event(Duration::from_millis(50)).await;
         if replay.is_finished() {
@@ -203,66 +212,6 @@ async fn subscribe(
         }
     });
     Ok((client, rx))
-}
-
-/// Publishes the fixture paced by its event times; returns the number of messages acknowledged.
-async fn replay(port: u16, messages: Vec<FixtureMessage>, speed: f64) -> anyhow::Result<u64> {
-    let mut o = MqttOptions::new("sparsewatch-demo-replay", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(o, 256);
-    let acked = Arc::new(AtomicU64::new(0));
-    let acks = acked.clone();
-    let poller = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acks.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("replay connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-    let t0 = messages[0].time_ms;
-    let start = Instant::now();
-    let (mut qos1, mut qos0) = (0u64, 0u64);
-    for m in &messages {
-        if speed > 0.0 {
-            let due = Duration::from_secs_f64((m.time_ms - t0) as f64 / 1000.0 / speed);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        let qos = if m.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
-        if m.qos == 0 {
-            qos0 += 1
-        } else {
-            qos1 += 1
-        }
-        client
-            .publish(m.topic.clone(), qos, false, m.payload.clone().into_bytes())
-            .await?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while acked.load(Ordering::Relaxed) < qos1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
-    let got = acked.load(Ordering::Relaxed);
-    if got < qos1 {
-        bail!("the broker acknowledged only {got} of {qos1} QoS 1 messages");
-    }
-    Ok(qos1 + qos0)
 }
 
 struct Printer {

@@ -40,6 +40,14 @@ pub struct Fault {
 
 /// Reads a JSONL fixture; errors name the file and line. Times must not go backwards.
 pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<FixtureMessage>> {
+    Ok(read_jsonl_numbered(path)?
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect())
+}
+
+/// [`read_jsonl`], with each message's 1-based line number.
+pub fn read_jsonl_numbered(path: &Path) -> anyhow::Result<Vec<(usize, FixtureMessage)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read fixture {}", path.display()))?;
     let mut out = Vec::new();
@@ -49,7 +57,7 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<FixtureMessage>> {
         }
         let m: FixtureMessage = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a fixture message", path.display(), i + 1))?;
-        if let Some(prev) = out.last().map(|p: &FixtureMessage| p.time_ms) {
+        if let Some(prev) = out.last().map(|(_, p): &(usize, FixtureMessage)| p.time_ms) {
             if m.time_ms < prev {
                 bail!(
                     "{}:{}: time_ms goes backwards ({} after {prev})",
@@ -59,7 +67,7 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<FixtureMessage>> {
                 );
             }
         }
-        out.push(m);
+        out.push((i + 1, m));
     }
     if out.is_empty() {
         bail!("fixture {} holds no messages", path.display());

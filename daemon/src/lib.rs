@@ -20,6 +20,9 @@
 //! - [`fixtures`]: recorded traffic (JSONL of MQTT messages) and its labels.
 //! - [`eval`]: `sparsewatch eval`, the pipeline replayed over labelled benchmarks (NAB, SKAB)
 //!   and scored: NAB's scorer and SKAB's row metrics.
+//! - [`replay`]: `sparsewatch replay`, recordings (JSONL, CSV) through the pipeline offline
+//!   (what the daemon would publish, as JSONL) or onto a broker at a chosen speed.
+//! - [`plot`]: figures of a replayed stream (signal, score, likelihood, labels, detections).
 //! - [`demo`]: embedded broker + daemon + replayed fixture + printing subscriber.
 //!
 //! See ARCHITECTURE.md at the repository root for threads, channels and their capacities.
@@ -30,6 +33,8 @@ pub mod eval;
 pub mod fixtures;
 pub mod metrics;
 pub mod mqtt;
+pub mod plot;
+pub mod replay;
 pub mod service;
 pub mod wire;
 pub mod worker;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sparsewatch::config::{self, Source, ValidSettings};
-use sparsewatch::{demo, eval, service};
+use sparsewatch::{demo, eval, replay, service};
 use sparsewatch_dsp::DetectorKind;
 
 #[derive(Parser)]
@@ -41,6 +41,9 @@ enum Command {
         #[arg(long, default_value_t = 600.0)]
         speed: f64,
     },
+    /// Replay recordings (JSONL of MQTT messages, or CSV) offline through the pipeline, or
+    /// onto a broker as live traffic.
+    Replay(replay::ReplayArgs),
     /// Score the pipeline on labelled benchmarks (NAB, SKAB) and print the results.
     Eval {
         /// NAB folder: data/<category>/*.csv, combined_windows.json, profiles.json.
@@ -64,6 +67,12 @@ enum Command {
         /// Write per-row scores in NAB's results layout under this folder.
         #[arg(long)]
         results: Option<PathBuf>,
+        /// Write a figure per file (and detector) under this folder.
+        #[arg(long)]
+        plots: Option<PathBuf>,
+        /// Format of the --plots figures.
+        #[arg(long, default_value = "svg", value_parser = ["svg", "png"])]
+        plot_format: String,
     },
 }
 
@@ -110,6 +119,8 @@ fn main() -> ExitCode {
             detector,
             json,
             results,
+            plots,
+            plot_format,
         } => {
             let source = config.as_deref().map_or(Source::Default, Source::File);
             let settings = match config::load(source) {
@@ -123,8 +134,17 @@ fn main() -> ExitCode {
                 detectors: detector,
                 json,
                 results,
+                plots: plots.map(|dir| (dir, plot_format)),
             };
             runtime_result(eval::run_cli(&opts, &settings.pipeline))
+        }
+        Command::Replay(args) => {
+            let source = args.config.as_deref().map_or(Source::Default, Source::File);
+            let settings = match config::load(source) {
+                Ok(v) => v,
+                Err(e) => return config_error(&e),
+            };
+            runtime_result(replay::run_cli(&args.into_options(), &settings))
         }
     }
 }

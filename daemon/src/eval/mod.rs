@@ -16,6 +16,7 @@
 
 pub mod corpus;
 pub mod nab;
+pub mod plots;
 pub mod report;
 pub mod runner;
 pub mod skab;
@@ -44,6 +45,8 @@ pub struct EvalOptions {
     pub detectors: Vec<DetectorKind>,
     pub json: Option<PathBuf>,
     pub results: Option<PathBuf>,
+    /// Folder and format (`svg` or `png`) of a figure per file and detector.
+    pub plots: Option<(PathBuf, String)>,
 }
 
 /// Parses a detector name as the configuration spells it (`baseline`, …).
@@ -85,11 +88,11 @@ pub fn evaluate(opts: &EvalOptions, pipeline: &ValidPipelineParams) -> Result<Ev
         .map(|&k| Ok((k.name().to_string(), with_detector(&base, k)?)))
         .collect::<Result<Vec<_>>>()?;
     let nab = match &opts.nab {
-        Some(dir) => Some(evaluate_nab(dir, &detectors, opts.results.as_deref())?),
+        Some(dir) => Some(evaluate_nab(dir, &detectors, opts)?),
         None => None,
     };
     let skab = match &opts.skab {
-        Some(dir) => Some(evaluate_skab(dir, opts.skab_warmup.as_deref(), &detectors)?),
+        Some(dir) => Some(evaluate_skab(dir, &detectors, opts)?),
         None => None,
     };
     Ok(EvalReport {
@@ -139,8 +142,9 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
 fn evaluate_nab(
     dir: &Path,
     detectors: &[(String, ValidPipelineParams)],
-    results: Option<&Path>,
+    opts: &EvalOptions,
 ) -> Result<NabReport> {
+    let results = opts.results.as_deref();
     let corpus = corpus::load_nab(dir)?;
     let mut runs = Vec::new();
     for (name, params) in detectors {
@@ -159,6 +163,12 @@ fn evaluate_nab(
                     )
                 });
                 report::write_results_file(out, name, &f.category, &f.name, rows)?;
+            }
+        }
+        if let Some((out, format)) = &opts.plots {
+            for (f, r) in corpus.files.iter().zip(&replays) {
+                let ranges = f.labels.windows().iter().map(|w| (w.first, w.last));
+                plots::write(out, format, name, &f.key, &f.series, r, ranges, params)?;
             }
         }
         let likelihood: Vec<&[f64]> = replays.iter().map(|r| &r.likelihood[..]).collect();
@@ -268,9 +278,10 @@ fn profile_result(
 
 fn evaluate_skab(
     dir: &Path,
-    warmup: Option<&Path>,
     detectors: &[(String, ValidPipelineParams)],
+    opts: &EvalOptions,
 ) -> Result<SkabReport> {
+    let warmup = opts.skab_warmup.as_deref();
     let warm = warmup.map(|p| corpus::read_skab(p, false)).transpose()?;
     let files = corpus::skab_files(dir)?
         .iter()
@@ -303,6 +314,10 @@ fn evaluate_skab(
         let mut results = Vec::new();
         for (f, r) in files.iter().zip(&replays) {
             let labels = f.labels.as_deref().unwrap_or_default();
+            if let Some((out, format)) = &opts.plots {
+                let ranges = plots::row_ranges(labels);
+                plots::write(out, format, name, &f.name, &f.series, r, ranges, params)?;
+            }
             let counts = Confusion::count(&r.alerting, labels);
             total.add(counts);
             results.push(SkabFileResult {

@@ -17,6 +17,10 @@ use super::corpus::Series;
 pub struct Replay {
     /// The likelihood of the most recent report, in [0, 1]; 0 before one has a likelihood.
     pub likelihood: Vec<f64>,
+    /// The raw score of the most recent report (0 before the first), for the plots.
+    pub score: Vec<f64>,
+    /// Whether the most recent report had a likelihood (false before and in warm-up).
+    pub scored: Vec<bool>,
     /// 1.0 on rows whose report carried a detection, else 0.0.
     pub detection: Vec<f64>,
     /// Whether the most recent report left the stream alerting.
@@ -65,11 +69,14 @@ fn feed(pipeline: &mut Pipeline, series: &Series, name: &str) -> Result<Replay> 
     let rows = series.rows();
     let mut out = Replay {
         likelihood: Vec::with_capacity(rows),
+        score: Vec::with_capacity(rows),
+        scored: Vec::with_capacity(rows),
         detection: Vec::with_capacity(rows),
         alerting: Vec::with_capacity(rows),
         ..Replay::default()
     };
     let (mut likelihood, mut alerting) = (0.0, false);
+    let (mut score, mut scored) = (0.0, false);
     for i in 0..rows {
         let ts = series.ts_ms[i];
         let mut detected = false;
@@ -84,11 +91,15 @@ fn feed(pipeline: &mut Pipeline, series: &Series, name: &str) -> Result<Replay> 
                     bail!("{name}: row {}: likelihood {l} outside [0, 1]", i + 1);
                 }
                 likelihood = l;
+                score = r.score;
+                scored = r.likelihood.is_some();
                 alerting = matches!(r.step, AlertStep::Onset | AlertStep::Ongoing);
                 detected = r.detection.is_some();
             }
         }
         out.likelihood.push(likelihood);
+        out.score.push(score);
+        out.scored.push(scored);
         out.detection.push(if detected { 1.0 } else { 0.0 });
         out.alerting.push(alerting);
     }

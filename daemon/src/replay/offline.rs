@@ -1,0 +1,227 @@
+//! Offline replay: a recording through the daemon's pipeline in one thread, writing what the
+//! daemon would publish, one JSON line per message:
+//!
+//! ```json
+//! {"topic":"sparsewatch/edge-1/anomaly/plant1/pump1","payload":{"schema":1,…}}
+//! ```
+//!
+//! `topic` is the topic the message would have had on the bus and `payload` its JSON payload,
+//! built by the same constructors the workers use ([`AnomalyMessage::new`],
+//! [`CodeMessage::new`]). Code messages follow `[output.codes]` (`enabled`, `every`); they are
+//! always written as JSON (`format = "cbor"` changes only the encoding on the bus) and
+//! `max_per_sec` (a wall-clock rate limit) does not apply. Messages are processed in file
+//! order and the arrival time of a payload without `ts` is the recording's `time_ms`, so the
+//! same input and configuration give byte-identical output.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sparsewatch_dsp::{Pipeline, PushOutcome, Sample};
+
+use super::input::{Recording, Skip};
+use crate::config::ValidSettings;
+use crate::wire::{decode_payload, AnomalyMessage, CodeMessage};
+
+/// One output line.
+#[derive(Serialize)]
+struct Line<'a, P: Serialize> {
+    topic: &'a str,
+    payload: &'a P,
+}
+
+/// Everything one sensor key went through, kept for plots and the summary.
+#[derive(Debug, Clone, Default)]
+pub struct StreamTrace {
+    pub key: String,
+    pub channel_names: Vec<String>,
+    /// Accepted samples: event time and values (row-major, one per channel).
+    pub ts_ms: Vec<i64>,
+    pub values: Vec<f64>,
+    /// Per window: end time, raw score, likelihood (`None` during warm-up).
+    pub windows: Vec<(i64, f64, Option<f64>)>,
+    /// Detections: window start and end.
+    pub detections: Vec<(i64, i64)>,
+    pub threshold: f64,
+}
+
+impl StreamTrace {
+    /// Channel `c`'s values.
+    pub fn channel(&self, c: usize) -> impl Iterator<Item = f64> + '_ {
+        self.values
+            .iter()
+            .skip(c)
+            .step_by(self.channel_names.len())
+            .copied()
+    }
+}
+
+/// What happened to the input, counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub messages: u64,
+    pub samples: u64,
+    pub windows: u64,
+    pub detections: u64,
+    pub codes: u64,
+    /// Samples the framer refused (duplicate or earlier timestamp of the same key).
+    pub out_of_order: u64,
+    pub gaps: u64,
+    /// Messages skipped: topic off the template, bad payload, other channels than the
+    /// stream's first sample, too many streams.
+    pub skipped: u64,
+}
+
+/// The result of one offline replay.
+#[derive(Debug, Clone, Default)]
+pub struct OfflineRun {
+    pub streams: Vec<StreamTrace>,
+    pub counts: Counts,
+    /// Skipped messages with their line (all of them; the CLI prints the first few).
+    pub skips: Vec<Skip>,
+}
+
+struct Stream {
+    pipeline: Pipeline,
+    trace: StreamTrace,
+}
+
+/// Replays `rec` through fresh pipelines (one per key), writing the output lines to `out`.
+/// `tick` is called once per message (progress).
+pub fn run(
+    settings: &ValidSettings,
+    rec: &Recording,
+    out: &mut dyn Write,
+    mut tick: impl FnMut(),
+) -> Result<OfflineRun> {
+    let s = &settings.settings;
+    let root = settings.topic_root();
+    let mut streams: HashMap<String, Stream> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut run = OfflineRun {
+        skips: rec.skipped.clone(),
+        ..OfflineRun::default()
+    };
+    let c = &mut run.counts;
+    c.skipped = rec.skipped.len() as u64;
+    let mut values: Vec<f64> = Vec::new();
+    for r in &rec.messages {
+        tick();
+        c.messages += 1;
+        let mut skip = |reason: String| {
+            run.skips.push(Skip {
+                line: r.line,
+                reason,
+            })
+        };
+        let Some(key) = settings.template.key(&r.msg.topic) else {
+            c.skipped += 1;
+            skip(format!(
+                "topic `{}` does not match the template",
+                r.msg.topic
+            ));
+            continue;
+        };
+        let decoded = decode_payload(
+            r.msg.payload.as_bytes(),
+            r.msg.time_ms,
+            s.mqtt.max_payload_bytes,
+        );
+        let (ts, channels) = match decoded {
+            Ok(v) => v,
+            Err(e) => {
+                c.skipped += 1;
+                skip(format!("payload: {e}"));
+                continue;
+            }
+        };
+        if !streams.contains_key(&key) {
+            if streams.len() >= s.workers.max_streams {
+                c.skipped += 1;
+                skip(format!(
+                    "key `{key}`: more than workers.max_streams streams"
+                ));
+                continue;
+            }
+            let names: Vec<String> = channels.iter().map(|(n, _)| n.clone()).collect();
+            let pipeline = Pipeline::try_new(&settings.pipeline, names.len())
+                .with_context(|| format!("key `{key}`"))?;
+            let trace = StreamTrace {
+                key: key.clone(),
+                channel_names: names,
+                threshold: settings.pipeline.get().alert.threshold,
+                ..StreamTrace::default()
+            };
+            streams.insert(key.clone(), Stream { pipeline, trace });
+            order.push(key.clone());
+        }
+        let stream = streams.get_mut(&key).expect("stream exists");
+        let t = &mut stream.trace;
+        let same_layout = t.channel_names.len() == channels.len()
+            && t.channel_names
+                .iter()
+                .zip(&channels)
+                .all(|(a, (b, _))| a == b);
+        if !same_layout {
+            c.skipped += 1;
+            skip(format!(
+                "key `{key}`: channels differ from the stream's first sample ({})",
+                t.channel_names.join(",")
+            ));
+            continue;
+        }
+        values.clear();
+        values.extend(channels.iter().map(|(_, v)| *v));
+        let sample = Sample::new(ts, &values).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let result = stream.pipeline.push(sample);
+        match result.outcome {
+            PushOutcome::OutOfOrder => {
+                c.out_of_order += 1;
+                continue;
+            }
+            PushOutcome::ChannelMismatch => {
+                c.skipped += 1;
+                continue;
+            }
+            PushOutcome::AfterGap => c.gaps += 1,
+            PushOutcome::Buffered | PushOutcome::WindowReady => {}
+        }
+        c.samples += 1;
+        t.ts_ms.push(ts);
+        t.values.extend_from_slice(&values);
+        let Some(report) = result.report else {
+            continue;
+        };
+        c.windows += 1;
+        t.windows
+            .push((report.end_ms, report.score, report.likelihood));
+        let codes = &s.output.codes;
+        if codes.enabled && report.index % codes.every == 0 {
+            if let Some(code) = stream.pipeline.code() {
+                let msg = CodeMessage::new(&s.node.id, &key, &report, code);
+                write_line(out, &format!("{root}/code/{key}"), &msg)?;
+                c.codes += 1;
+            }
+        }
+        if let Some(d) = report.detection {
+            c.detections += 1;
+            t.detections.push((d.start_ms, d.end_ms));
+            let detector = stream.pipeline.params().detector.name();
+            let channel = &t.channel_names[d.channel];
+            let msg = AnomalyMessage::new(&s.node.id, &key, detector, channel, &d);
+            write_line(out, &format!("{root}/anomaly/{key}"), &msg)?;
+        }
+    }
+    run.streams = order
+        .into_iter()
+        .map(|k| streams.remove(&k).expect("stream exists").trace)
+        .collect();
+    Ok(run)
+}
+
+fn write_line<P: Serialize>(out: &mut dyn Write, topic: &str, payload: &P) -> Result<()> {
+    serde_json::to_writer(&mut *out, &Line { topic, payload }).context("cannot write output")?;
+    out.write_all(b"\n").context("cannot write output")?;
+    Ok(())
+}
