@@ -14,7 +14,7 @@ use crate::params::{check_range, ParamError};
 use crate::sample::Sample;
 use crate::score::{
     AlertParams, AlertState, AlertStep, Alerter, AnomalyLikelihood, BaselineParams, BaselineScorer,
-    LikelihoodParams, RawScore, ResidualParams, ResidualScorer,
+    LikelihoodParams, MemoryDetectorParams, MemoryScorer, RawScore, ResidualParams, ResidualScorer,
 };
 use crate::window::{Framer, FramerParams, Normaliser, NormaliserParams, PushOutcome};
 
@@ -28,6 +28,9 @@ pub enum DetectorKind {
     /// The dictionary's reconstruction residual: the share of the normalised window's energy
     /// its k largest atoms miss. Needs the code stage (window_len × channels ≤ coding.max_dim).
     Residual,
+    /// Novelty of the window's code in the sparse-distributed associative memory, combined
+    /// with the residual ([`crate::score::memory`]). Needs the code stage.
+    Memory,
 }
 
 impl DetectorKind {
@@ -35,6 +38,7 @@ impl DetectorKind {
         match self {
             DetectorKind::Baseline => "baseline",
             DetectorKind::Residual => "residual",
+            DetectorKind::Memory => "memory",
         }
     }
 }
@@ -49,6 +53,7 @@ pub struct PipelineParams {
     pub normaliser: NormaliserParams,
     pub baseline: BaselineParams,
     pub residual: ResidualParams,
+    pub memory: MemoryDetectorParams,
     pub dictionary: DictionaryParams,
     pub coding: CodingParams,
     pub likelihood: LikelihoodParams,
@@ -163,6 +168,7 @@ pub struct PipelineCounters {
 enum Scorer {
     Baseline(BaselineScorer),
     Residual(ResidualScorer),
+    Memory(Box<MemoryScorer>),
 }
 
 impl Scorer {
@@ -176,6 +182,14 @@ impl Scorer {
                     channel: c.worst_channel(y, framer.params().window_len),
                 }
             }
+            Scorer::Memory(m) => {
+                let c = codes.expect("the memory detector has a code stage");
+                let level = y.iter().sum::<f64>() / y.len() as f64;
+                RawScore {
+                    score: m.score(&c.code, level),
+                    channel: c.worst_channel(y, framer.params().window_len),
+                }
+            }
         }
     }
 
@@ -183,6 +197,7 @@ impl Scorer {
         match self {
             Scorer::Baseline(b) => b.learn(),
             Scorer::Residual(r) => r.learn(),
+            Scorer::Memory(m) => m.learn(),
         }
     }
 }
@@ -263,13 +278,18 @@ impl Pipeline {
             DetectorKind::Baseline => {
                 Scorer::Baseline(BaselineScorer::new(p.baseline.clone(), channels))
             }
-            DetectorKind::Residual if codes.is_none() => {
+            DetectorKind::Residual | DetectorKind::Memory if codes.is_none() => {
                 return Err(ParamError::new(
                     "coding.max_dim",
-                    "at least window_len × channels for the residual detector",
+                    "at least window_len × channels for the residual and memory detectors",
                     format!("{} (window dimension {n})", p.coding.max_dim),
                 ));
             }
+            DetectorKind::Memory => Scorer::Memory(Box::new(MemoryScorer::new(
+                &p.memory,
+                p.residual.clone(),
+                n,
+            ))),
             DetectorKind::Residual => Scorer::Residual(ResidualScorer::new(p.residual.clone())),
         };
         Ok(Self {

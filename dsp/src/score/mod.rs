@@ -3,6 +3,8 @@
 //!
 //! - [`baseline`]: the rolling-window Gaussian reference detector (NAB's "windowed Gaussian"
 //!   idea applied to per-window features).
+//! - [`memory`]: familiarity of the window's code in the associative memory, with the
+//!   residual folded in.
 //! - [`residual`]: the dictionary's reconstruction residual, relative to its usual level.
 //! - [`likelihood`]: the HTM-style anomaly likelihood (rolling Gaussian of averaged raw
 //!   scores, one-sided upper tail, warm-up reported as such).
@@ -11,12 +13,14 @@
 pub mod alert;
 pub mod baseline;
 pub mod likelihood;
+pub mod memory;
 pub mod residual;
 mod special;
 
 pub use alert::{AlertParams, AlertState, AlertStep, Alerter};
 pub use baseline::{BaselineParams, BaselineScorer};
 pub use likelihood::{AnomalyLikelihood, LikelihoodParams};
+pub use memory::{MemoryDetectorParams, MemoryScorer};
 pub use residual::{ResidualParams, ResidualScorer};
 pub use special::{erfc, normal_upper_tail};
 

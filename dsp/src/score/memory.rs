@@ -1,0 +1,92 @@
+//! The memory detector: familiarity of the window's sparse code in the associative memory,
+//! combined with what the dictionary cannot explain.
+//!
+//! Per window: the code (top-k atoms with sign and magnitude, the energy, the level) is
+//! encoded into a fixed-count binary input, the memory is asked in recognition mode how
+//! familiar it is (two-sided novelty 1 − G·R, spec §3a), and the dictionary's relative
+//! residual ([`super::residual`]) is folded in as a probabilistic OR:
+//! `raw = 1 − (1 − novelty)·(1 − residual)`. A window is novel when its *shape* was never
+//! stored, or when the dictionary cannot express it at all. Learning writes the window into
+//! the memory (single trial) only after it was scored, and not while alerting.
+
+use serde::{Deserialize, Serialize};
+
+use super::residual::{ResidualParams, ResidualScorer};
+use crate::coding::SparseCode;
+use crate::memory::{CodeInput, EncoderParams, MemoryParams, Recall, SdrEncoder, SdrMemory};
+use crate::params::ParamError;
+
+/// Parameters of the memory detector: the encoder and the memory, from [`crate::memory`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryDetectorParams {
+    pub encoder: EncoderParams,
+    pub sdr: MemoryParams,
+}
+
+impl MemoryDetectorParams {
+    pub fn check(&self) -> Result<(), ParamError> {
+        self.encoder.check().map_err(|e| e.in_section("encoder"))?;
+        self.sdr.check().map_err(|e| e.in_section("sdr"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryScorer {
+    encoder: SdrEncoder,
+    memory: SdrMemory,
+    residual: ResidualScorer,
+    /// The encoded input and the recall of the window scored last (reused by `learn`).
+    input: Vec<u64>,
+    recall: Recall,
+}
+
+impl MemoryScorer {
+    /// A scorer for codes of dictionary dimension `n`.
+    pub fn new(params: &MemoryDetectorParams, residual: ResidualParams, n: usize) -> Self {
+        let encoder = SdrEncoder::new(params.encoder.clone(), n);
+        let memory = SdrMemory::new(
+            params.sdr.clone(),
+            encoder.input_bits(),
+            encoder.active_bits(),
+        );
+        Self {
+            input: vec![0; memory.input_words()],
+            recall: memory.new_recall(),
+            residual: ResidualScorer::new(residual),
+            encoder,
+            memory,
+        }
+    }
+
+    /// Raw score of the window coded as `code`, whose normalised samples have mean `level`.
+    pub fn score(&mut self, code: &SparseCode, level: f64) -> f64 {
+        let input = CodeInput {
+            indices: code.indices(),
+            values: code.values(),
+            energy: code.energy(),
+            level,
+        };
+        self.input.fill(0);
+        self.encoder.encode(&input, &mut self.input);
+        self.memory.recognize(&self.input, &mut self.recall);
+        let novelty = self.recall.two_sided_novelty().clamp(0.0, 1.0);
+        let residual = self.residual.score(code.residual());
+        1.0 - (1.0 - novelty) * (1.0 - residual)
+    }
+
+    /// Stores the window scored last.
+    pub fn learn(&mut self) {
+        self.memory.learn(&self.input, &self.recall);
+        self.residual.learn();
+    }
+
+    /// Familiarity G of the window scored last.
+    pub fn familiarity(&self) -> f64 {
+        self.recall.familiarity
+    }
+
+    pub fn memory(&self) -> &SdrMemory {
+        &self.memory
+    }
+}
