@@ -53,7 +53,9 @@ pub async fn run_with_metrics(
     // Capacity: anomaly events are rare (one per incident); this absorbs a burst of incidents
     // across many keys while the broker is slow. Full → the event is dropped and counted.
     let (events_tx, events_rx) = mpsc::channel(s.output.queue_capacity);
-    // Codes have their own queue so a flood of them can never push out an anomaly event.
+    // Codes have their own queue so a flood of them can never push an anomaly event out of
+    // the output queue (they do share the MQTT client's request queue; codes are only queued
+    // there with try_publish while connected, and are the first thing dropped).
     let (codes_tx, codes_rx) = if s.output.codes.enabled {
         let (tx, rx) = mpsc::channel(s.output.codes.queue_capacity);
         (
@@ -82,11 +84,13 @@ pub async fn run_with_metrics(
         mqtt::options(&settings, started_at_ms),
         s.mqtt.request_queue,
     );
+    let connected = Arc::new(AtomicBool::new(false));
     let publisher = tokio::spawn(mqtt::publish_outbound(
         settings.clone(),
         client.clone(),
         events_rx,
         codes_rx,
+        connected.clone(),
         metrics.clone(),
     ));
     let ingest = Arc::new(Ingest {
@@ -94,6 +98,7 @@ pub async fn run_with_metrics(
         metrics: metrics.clone(),
         workers: Mutex::new(Some(workers)),
         stopping: AtomicBool::new(false),
+        connected,
         wake: Notify::new(),
         started_at_ms,
     });

@@ -82,8 +82,13 @@ impl Workers {
                     tracing::warn!(key = %r.key, worker = idx, suppressed = held, "worker queue full, sample dropped");
                 }
             }
-            Err(TrySendError::Disconnected(_)) => {
-                tracing::error!(worker = idx, "worker thread is gone");
+            Err(TrySendError::Disconnected(r)) => {
+                // Only after a worker panicked: count the loss like any other drop.
+                Metrics::inc(&self.metrics.dropped_samples);
+                static GONE: LogLimiter = LogLimiter::new(10_000);
+                if let Some(held) = GONE.allow(now_ms()) {
+                    tracing::error!(key = %r.key, worker = idx, suppressed = held, "worker thread is gone, sample dropped");
+                }
             }
         }
     }
@@ -99,7 +104,8 @@ impl Workers {
     }
 }
 
-/// The worker index that owns `key`: stable across runs (SipHash with fixed keys).
+/// The worker index that owns `key`: stable across runs of one build (std's SipHash with
+/// fixed keys; the standard library does not promise the same output across releases).
 pub fn owner(key: &str, workers: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
@@ -203,15 +209,29 @@ impl Worker {
             }
             return false;
         }
-        m.streams.fetch_add(1, Ordering::Relaxed);
         let channels = r.channels.len();
+        // The configuration is checked, but whether a detector fits this stream depends on
+        // its channel count, which only the first sample tells (residual and memory need
+        // window_len × channels ≤ coding.max_dim).
+        let pipeline = match Pipeline::try_new(&self.ctx.pipeline, channels) {
+            Ok(p) => p,
+            Err(e) => {
+                count.fetch_sub(1, Ordering::Relaxed);
+                Metrics::inc(&m.refused_streams);
+                if let Some(held) = BAD_INPUT.allow(now_ms()) {
+                    tracing::warn!(key = %r.key, channels, error = %e, suppressed = held, "stream refused: the detector does not fit it");
+                }
+                return false;
+            }
+        };
+        m.streams.fetch_add(1, Ordering::Relaxed);
         tracing::info!(key = %r.key, channels = ?r.channels.iter().map(|(n, _)| n).collect::<Vec<_>>(), "new stream");
         self.streams.insert(
             r.key.clone(),
             Stream {
                 channel_names: r.channels.iter().map(|(n, _)| n.clone()).collect(),
                 values: vec![0.0; channels],
-                pipeline: Pipeline::new(&self.ctx.pipeline, channels),
+                pipeline,
             },
         );
         true
@@ -312,6 +332,28 @@ mod tests {
         }
         assert_eq!(got, vec![0, 2, 4]);
         assert_eq!(metrics.snapshot().dropped_codes, 2);
+    }
+
+    #[test]
+    fn a_stream_the_detector_cannot_fit_is_refused_not_a_panic() {
+        let (mut c, _rx) = ctx(10);
+        let params = PipelineParams {
+            detector: sparsewatch_dsp::DetectorKind::Residual,
+            ..Default::default()
+        };
+        c.pipeline = params.check().unwrap();
+        let metrics = c.metrics.clone();
+        let mut w = Worker::new(c);
+        // 9 channels × window 32 = 288 > max_dim 256: no dictionary, so no residual detector.
+        let wide = Reading {
+            key: "wide".into(),
+            ts_ms: 0,
+            channels: (0..9).map(|i| (format!("c{i}"), 1.0)).collect(),
+        };
+        w.handle(wide);
+        w.handle(reading("narrow", 0, 1.0));
+        let s = metrics.snapshot();
+        assert_eq!((s.refused_streams, s.streams), (1, 1));
     }
 
     #[test]

@@ -104,6 +104,14 @@ impl PipelineParams {
         self.baseline
             .check()
             .map_err(|e| e.in_section("baseline"))?;
+        self.residual
+            .check()
+            .map_err(|e| e.in_section("residual"))?;
+        self.memory.check().map_err(|e| e.in_section("memory"))?;
+        self.dictionary
+            .check()
+            .map_err(|e| e.in_section("dictionary"))?;
+        self.coding.check().map_err(|e| e.in_section("coding"))?;
         self.likelihood
             .check()
             .map_err(|e| e.in_section("likelihood"))?;
@@ -237,7 +245,9 @@ impl CodeStage {
 }
 
 /// The per-stream pipeline. All buffers are allocated in [`Pipeline::new`]; `push` does not
-/// allocate. The whole state serialises (serde) for checkpoints.
+/// allocate, except inside a dictionary learning step (nalgebra's matrix products allocate
+/// packing buffers, and the rare SVD fallback of the polar factor allocates). The whole
+/// state serialises (serde) for checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline {
     params: PipelineParams,
@@ -572,9 +582,60 @@ mod tests {
     }
 
     #[test]
+    fn memory_detector_flags_a_new_shape_and_round_trips() {
+        let params = PipelineParams {
+            detector: DetectorKind::Memory,
+            ..Default::default()
+        };
+        let params = params.check().unwrap();
+        let mut p = Pipeline::new(&params, 1);
+        let mut detections = vec![];
+        for t in 0..12_000i64 {
+            let phase = t as f64 * 2.0 * std::f64::consts::PI / 16.0;
+            let v = if t < 9_000 {
+                phase.sin()
+            } else {
+                phase.sin().signum()
+            };
+            if let Some(rep) = p.push(Sample::new(t, &[v]).unwrap()).report {
+                assert!((0.0..=1.0).contains(&rep.score), "{rep:?}");
+                detections.extend(rep.detection);
+            }
+            if t == 6_000 {
+                let json = serde_json::to_string(&p).unwrap();
+                let restored: Pipeline = serde_json::from_str(&json).unwrap();
+                assert!(
+                    restored == p,
+                    "memory detector state changed in a round trip"
+                );
+            }
+        }
+        assert!(!detections.is_empty(), "a change of shape must be detected");
+        assert!(
+            detections.iter().all(|d| d.end_ms >= 9_000),
+            "{detections:?}"
+        );
+    }
+
+    #[test]
     fn bad_params_name_their_section() {
         let mut p = PipelineParams::default();
         p.framer.hop = 0;
         assert_eq!(p.check().unwrap_err().field, "framer.hop");
+        let mut p = PipelineParams::default();
+        p.coding.k = 0;
+        assert_eq!(p.check().unwrap_err().field, "coding.k");
+        let mut p = PipelineParams::default();
+        p.coding.max_dim = 5000;
+        assert_eq!(p.check().unwrap_err().field, "coding.max_dim");
+        let mut p = PipelineParams::default();
+        p.dictionary.gamma_floor = 2.0;
+        assert_eq!(p.check().unwrap_err().field, "dictionary.gamma_floor");
+        let mut p = PipelineParams::default();
+        p.residual.half_life = 0.0;
+        assert_eq!(p.check().unwrap_err().field, "residual.half_life");
+        let mut p = PipelineParams::default();
+        p.memory.sdr.max_fill = 0.0;
+        assert!(p.check().unwrap_err().field.starts_with("memory.sdr."));
     }
 }

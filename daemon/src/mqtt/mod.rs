@@ -63,6 +63,9 @@ pub struct Ingest {
     pub workers: Mutex<Option<Workers>>,
     /// Set once `run` has asked the client to disconnect.
     pub stopping: AtomicBool,
+    /// True between a ConnAck and the next connection error; codes are not queued while
+    /// false, so an outage cannot fill the client's request queue with them.
+    pub connected: Arc<AtomicBool>,
     pub wake: Notify,
     pub started_at_ms: i64,
 }
@@ -83,6 +86,7 @@ impl Ingest {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(mqtt.reconnect_min_ms);
                     Metrics::inc(&self.metrics.connections);
+                    self.connected.store(true, Ordering::Relaxed);
                     tracing::info!(host = %mqtt.host, port = mqtt.port, "connected to broker");
                     self.on_connect(&client);
                 }
@@ -93,6 +97,7 @@ impl Ingest {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    self.connected.store(false, Ordering::Relaxed);
                     if self.stopping.load(Ordering::Relaxed) {
                         break;
                     }
@@ -111,22 +116,29 @@ impl Ingest {
         }
     }
 
+    /// Subscribes and publishes the retained "online" status on a new connection. Both are
+    /// awaited in a task of their own: the request queue may still be full of what piled up
+    /// during an outage, and only this loop's polling drains it, so awaiting here would
+    /// deadlock and `try_` calls could silently leave the daemon connected but deaf.
     fn on_connect(&self, client: &AsyncClient) {
         let s = &self.settings.settings;
-        let filters = s
+        let filters: Vec<_> = s
             .mqtt
             .subscribe
             .iter()
-            .map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos(s.mqtt.qos)));
-        if let Err(e) = client.try_subscribe_many(filters) {
-            tracing::error!(error = %e, "could not queue the subscription");
-        }
+            .map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos(s.mqtt.qos)))
+            .collect();
         let online = StatusMessage::new(&s.node.id, true, self.started_at_ms).to_json();
-        if let Err(e) =
-            client.try_publish(status_topic(&self.settings), QoS::AtLeastOnce, true, online)
-        {
-            tracing::error!(error = %e, "could not queue the online status");
-        }
+        let topic = status_topic(&self.settings);
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.subscribe_many(filters).await {
+                tracing::error!(error = %e, "could not subscribe");
+            }
+            if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, online).await {
+                tracing::error!(error = %e, "could not publish the online status");
+            }
+        });
     }
 
     fn on_publish(&self, topic: &str, payload: &[u8]) {
@@ -152,12 +164,14 @@ impl Ingest {
             }
         };
         let guard = self.workers.lock().expect("workers lock");
-        if let Some(workers) = guard.as_ref() {
-            workers.dispatch(Reading {
+        match guard.as_ref() {
+            Some(workers) => workers.dispatch(Reading {
                 key,
                 ts_ms,
                 channels,
-            });
+            }),
+            // Stopping: the workers are draining and take nothing new.
+            None => Metrics::inc(&m.dropped_samples),
         }
     }
 }
@@ -169,6 +183,7 @@ pub async fn publish_outbound(
     client: AsyncClient,
     mut anomalies: mpsc::Receiver<AnomalyMessage>,
     mut codes: Option<mpsc::Receiver<CodeMessage>>,
+    connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 ) {
     let code_settings = &settings.settings.output.codes;
@@ -193,7 +208,7 @@ pub async fn publish_outbound(
                     codes = None;
                     continue;
                 };
-                if !bucket.take(std::time::Instant::now()) {
+                if !connected.load(Ordering::Relaxed) || !bucket.take(std::time::Instant::now()) {
                     Metrics::inc(&metrics.dropped_codes);
                     continue;
                 }

@@ -149,7 +149,7 @@ impl Framer {
             if ts <= last {
                 return PushOutcome::OutOfOrder;
             }
-            if self.params.max_gap_ms > 0 && ts - last > self.params.max_gap_ms {
+            if self.params.max_gap_ms > 0 && ts.saturating_sub(last) > self.params.max_gap_ms {
                 self.held = 0;
                 self.since_emit = 0;
                 gap = true;
