@@ -28,6 +28,10 @@ pub fn anomaly_topic(v: &ValidSettings, key: &str) -> String {
     format!("{}/anomaly/{key}", v.topic_root())
 }
 
+pub fn code_topic(v: &ValidSettings, key: &str) -> String {
+    format!("{}/code/{key}", v.topic_root())
+}
+
 fn qos(q: u8) -> QoS {
     if q == 0 {
         QoS::AtMostOnce
@@ -212,33 +216,34 @@ pub async fn publish_outbound(
                     Metrics::inc(&metrics.dropped_codes);
                     continue;
                 }
-                let topic = format!("{}/code/{}", settings.topic_root(), code.key);
-                let body = encode_code(&code, code_settings.format);
-                match client.try_publish(topic, QoS::AtMostOnce, false, body) {
-                    Ok(()) => Metrics::inc(&metrics.codes_published),
-                    Err(_) => Metrics::inc(&metrics.dropped_codes),
-                }
+                try_publish_code(&client, &settings, &code, &metrics);
             }
         }
     }
     // The workers are gone; publish the codes they left behind (bounded by the queue).
     if let Some(rx) = codes.as_mut() {
         while let Ok(code) = rx.try_recv() {
-            let topic = format!("{}/code/{}", settings.topic_root(), code.key);
-            if client
-                .try_publish(
-                    topic,
-                    QoS::AtMostOnce,
-                    false,
-                    encode_code(&code, code_settings.format),
-                )
-                .is_ok()
-            {
-                Metrics::inc(&metrics.codes_published);
-            } else {
-                Metrics::inc(&metrics.dropped_codes);
-            }
+            try_publish_code(&client, &settings, &code, &metrics);
         }
+    }
+}
+
+/// Queues one code at QoS 0 without waiting; counts it as published or dropped.
+fn try_publish_code(
+    client: &AsyncClient,
+    settings: &ValidSettings,
+    code: &CodeMessage,
+    metrics: &Metrics,
+) {
+    let body = encode_code(code, settings.settings.output.codes.format);
+    match client.try_publish(
+        code_topic(settings, &code.key),
+        QoS::AtMostOnce,
+        false,
+        body,
+    ) {
+        Ok(()) => Metrics::inc(&metrics.codes_published),
+        Err(_) => Metrics::inc(&metrics.dropped_codes),
     }
 }
 

@@ -22,6 +22,7 @@ use sparsewatch_dsp::{Pipeline, PushOutcome, Sample};
 
 use super::input::{Recording, Skip};
 use crate::config::ValidSettings;
+use crate::mqtt::{anomaly_topic, code_topic};
 use crate::wire::{decode_payload, AnomalyMessage, CodeMessage};
 
 /// One output line.
@@ -96,7 +97,6 @@ pub fn run(
     mut tick: impl FnMut(),
 ) -> Result<OfflineRun> {
     let s = &settings.settings;
-    let root = settings.topic_root();
     let mut streams: HashMap<String, Stream> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut run = OfflineRun {
@@ -200,7 +200,7 @@ pub fn run(
         if codes.enabled && report.index % codes.every == 0 {
             if let Some(code) = stream.pipeline.code() {
                 let msg = CodeMessage::new(&s.node.id, &key, &report, code);
-                write_line(out, &format!("{root}/code/{key}"), &msg)?;
+                write_line(out, &code_topic(settings, &key), &msg)?;
                 c.codes += 1;
             }
         }
@@ -210,7 +210,7 @@ pub fn run(
             let detector = stream.pipeline.params().detector.name();
             let channel = &t.channel_names[d.channel];
             let msg = AnomalyMessage::new(&s.node.id, &key, detector, channel, &d);
-            write_line(out, &format!("{root}/anomaly/{key}"), &msg)?;
+            write_line(out, &anomaly_topic(settings, &key), &msg)?;
         }
     }
     run.streams = order
