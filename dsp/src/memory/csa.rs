@@ -12,14 +12,26 @@ use rand::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 
-use super::bitset::and_counts;
+use super::bitset::{column_counts, ones, words_for};
 use super::params::MemoryParams;
 
 /// The U matrix of one bank, with its fill counters.
+///
+/// Held twice: cell-major `rows` (the state that serialises, and what the recalled input x̂
+/// reads: the Q winners' rows) and input-major `cols`, its transpose (column j: bit i set iff
+/// cell i holds input bit j), which recognition reads: an input has only π ≈ s of its N bits
+/// set, so summing those π columns touches π·Q·K bits instead of the Q·K·N of a pass over
+/// the rows. `cols` is derived from `rows` (rebuilt when a state is deserialised), so the
+/// serialised form is unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "BankState", into = "BankState")]
 pub(crate) struct Bank {
     rows: Vec<u64>,
     words: usize,
+    /// The transpose: input bit j's cells at `cols[j·cell_words..(j + 1)·cell_words]`, for
+    /// all 64·`words` input positions.
+    cols: Vec<u64>,
+    cell_words: usize,
     /// Set weights, Σ popcount(rows); maintained on write.
     set_bits: u64,
     /// Windows learned since the bank was last cleared.
@@ -29,36 +41,135 @@ pub(crate) struct Bank {
     pub(crate) born: Option<u64>,
 }
 
+/// The serialised form of a [`Bank`]: the fields it had before the transpose was added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct BankState {
+    rows: Vec<u64>,
+    words: usize,
+    set_bits: u64,
+    learned: u64,
+    born: Option<u64>,
+}
+
+impl From<BankState> for Bank {
+    fn from(s: BankState) -> Self {
+        let cells = s.rows.len().checked_div(s.words).unwrap_or(0);
+        let mut bank = Bank::new(cells, s.words);
+        bank.set_bits = s.set_bits;
+        bank.learned = s.learned;
+        bank.born = s.born;
+        bank.rows = s.rows;
+        let (words, cw) = (bank.words, bank.cell_words);
+        for (cell, row) in bank.rows.chunks_exact(words.max(1)).enumerate() {
+            for j in ones(row) {
+                bank.cols[j * cw + cell / 64] |= 1 << (cell % 64);
+            }
+        }
+        bank
+    }
+}
+
+impl From<Bank> for BankState {
+    fn from(b: Bank) -> Self {
+        Self {
+            rows: b.rows,
+            words: b.words,
+            set_bits: b.set_bits,
+            learned: b.learned,
+            born: b.born,
+        }
+    }
+}
+
 impl Bank {
     pub(crate) fn new(cells: usize, words: usize) -> Self {
+        let cell_words = words_for(cells);
         Self {
             rows: vec![0; cells * words],
             words,
+            cols: vec![0; words * 64 * cell_words],
+            cell_words,
             set_bits: 0,
             learned: 0,
             born: None,
         }
     }
 
-    pub(crate) fn row(&self, cell: usize) -> &[u64] {
+    #[cfg(test)]
+    fn row(&self, cell: usize) -> &[u64] {
         &self.rows[cell * self.words..(cell + 1) * self.words]
     }
 
-    /// u_i = |U_i ∩ x| for every cell. The hot loop of the memory.
-    pub(crate) fn overlaps(&self, x: &[u64], u: &mut [u16]) {
-        and_counts(&self.rows, &x[..self.words], u);
+    /// u_i = |U_i ∩ x| for every cell, from `active`, the set bits of x. The hot loop of the
+    /// memory. `scratch`: 8 words per 64 cells.
+    pub(crate) fn overlaps(&self, active: &[u16], scratch: &mut [u64], u: &mut [u16]) {
+        column_counts(&self.cols, self.cell_words, active, scratch, u);
     }
 
-    /// U_i |= x for the winner of each module; returns the weights newly set.
-    pub(crate) fn write(&mut self, x: &[u64], code: &[u16], cells: usize) -> u64 {
+    /// U_i |= x for the winner of each module; returns the weights newly set. `active`: the
+    /// set bits of x; `winners`: scratch of `cell_words` words.
+    pub(crate) fn write(
+        &mut self,
+        x: &[u64],
+        active: &[u16],
+        code: &[u16],
+        cells: usize,
+        winners: &mut [u64],
+    ) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("popcnt")
+            {
+                // SAFETY: the features were checked just above; the body is safe code.
+                return unsafe { self.write_avx2(x, active, code, cells, winners) };
+            }
+        }
+        self.write_body(x, active, code, cells, winners)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn write_avx2(
+        &mut self,
+        x: &[u64],
+        active: &[u16],
+        code: &[u16],
+        cells: usize,
+        winners: &mut [u64],
+    ) -> u64 {
+        self.write_body(x, active, code, cells, winners)
+    }
+
+    /// The rows take x with one OR per word; the new weights are counted on the columns,
+    /// π·Q·K/64 words rather than Q·N/64 (each new weight is one (winner, input bit) pair
+    /// either way).
+    #[inline(always)]
+    fn write_body(
+        &mut self,
+        x: &[u64],
+        active: &[u16],
+        code: &[u16],
+        cells: usize,
+        winners: &mut [u64],
+    ) -> u64 {
         let words = self.words;
-        let mut new = 0u64;
+        winners.fill(0);
         for (q, &k) in code.iter().enumerate() {
             let cell = q * cells + k as usize;
+            winners[cell / 64] |= 1 << (cell % 64);
             let row = &mut self.rows[cell * words..(cell + 1) * words];
             for (w, &xw) in row.iter_mut().zip(&x[..words]) {
-                new += (xw & !*w).count_ones() as u64;
                 *w |= xw;
+            }
+        }
+        let cw = self.cell_words;
+        let mut new = 0u64;
+        for &j in active {
+            let col = &mut self.cols[j as usize * cw..(j as usize + 1) * cw];
+            for (c, &w) in col.iter_mut().zip(winners.iter()) {
+                new += (w & !*c).count_ones() as u64;
+                *c |= w;
             }
         }
         self.set_bits += new;
@@ -66,8 +177,29 @@ impl Bank {
         new
     }
 
+    /// x̂ into `out` (`words` words): bit j set iff at least `need` (1..=Q) of the rows of
+    /// the winners `code` (one per module of `cells` cells) have bit j.
+    pub(crate) fn at_least(&self, code: &[u16], cells: usize, need: usize, out: &mut [u64]) {
+        // Counts reach Q, so ⌊log2 Q⌋ + 1 planes; Q ≤ 256 (checked parameters) needs ≤ 9.
+        let planes = (usize::BITS - code.len().leading_zeros()) as usize;
+        let f = match planes {
+            0 | 1 => at_least_planes::<1>,
+            2 => at_least_planes::<2>,
+            3 => at_least_planes::<3>,
+            4 => at_least_planes::<4>,
+            5 => at_least_planes::<5>,
+            6 => at_least_planes::<6>,
+            7 => at_least_planes::<7>,
+            8 => at_least_planes::<8>,
+            9 => at_least_planes::<9>,
+            _ => panic!("at most 511 modules"),
+        };
+        f(&self.rows, self.words, code, cells, need, out);
+    }
+
     pub(crate) fn clear(&mut self) {
         self.rows.fill(0);
+        self.cols.fill(0);
         self.set_bits = 0;
         self.learned = 0;
         self.born = None;
@@ -79,7 +211,141 @@ impl Bank {
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.rows.len() * 8
+        (self.rows.len() + self.cols.len()) * 8
+    }
+
+    /// The transpose matches the rows (tests).
+    #[cfg(test)]
+    fn transpose_is_consistent(&self) -> bool {
+        let cells = self.rows.len() / self.words.max(1);
+        (0..cells).all(|cell| {
+            (0..self.words * 64).all(|j| {
+                let in_row = self.row(cell)[j / 64] >> (j % 64) & 1 == 1;
+                let in_col = self.cols[j * self.cell_words + cell / 64] >> (cell % 64) & 1 == 1;
+                in_row == in_col
+            })
+        })
+    }
+}
+
+/// Words of x̂ counted together (one 256-bit register per counter plane).
+const LANES: usize = 4;
+
+/// [`Bank::at_least`] with P counter planes: an AVX2 kernel when the CPU has it (checked at
+/// run time, cached by std), the portable loop otherwise; exact either way.
+fn at_least_planes<const P: usize>(
+    rows: &[u64],
+    words: usize,
+    code: &[u16],
+    cells: usize,
+    need: usize,
+    out: &mut [u64],
+) {
+    assert!(rows.len() >= code.len() * cells * words && out.len() >= words);
+    assert!(code.iter().all(|&c| (c as usize) < cells), "winner past K");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 checked just above; the row and output bounds just above.
+            done = unsafe { at_least_avx2::<P>(rows, words, code, cells, need, out) };
+        }
+    }
+    at_least_body::<P>(rows, words, done, code, cells, need, out);
+}
+
+/// Bit-sliced counters in 256-bit registers, four words of x̂ at a time; returns the words
+/// done (the whole groups of four).
+///
+/// # Safety
+/// AVX2; `rows` holds Q·K rows of `words` words, every winner < K, `out` ≥ `words` words.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn at_least_avx2<const P: usize>(
+    rows: &[u64],
+    words: usize,
+    code: &[u16],
+    cells: usize,
+    need: usize,
+    out: &mut [u64],
+) -> usize {
+    use std::arch::x86_64::{
+        __m256i, _mm256_and_si256, _mm256_andnot_si256, _mm256_loadu_si256, _mm256_or_si256,
+        _mm256_set1_epi64x, _mm256_setzero_si256, _mm256_storeu_si256, _mm256_xor_si256,
+    };
+    let groups = words / LANES;
+    for g in 0..groups {
+        let w0 = g * LANES;
+        let mut planes = [_mm256_setzero_si256(); P];
+        for (m, &c) in code.iter().enumerate() {
+            let start = (m * cells + c as usize) * words + w0;
+            // SAFETY: start + 4 ≤ (m·K + c + 1)·words ≤ rows.len() (w0 + 4 ≤ words).
+            let mut carry = _mm256_loadu_si256(rows.as_ptr().add(start) as *const __m256i);
+            for plane in planes.iter_mut() {
+                let next = _mm256_and_si256(*plane, carry);
+                *plane = _mm256_xor_si256(*plane, carry);
+                carry = next;
+            }
+        }
+        let mut gt = _mm256_setzero_si256();
+        let mut eq = _mm256_set1_epi64x(-1);
+        for b in (0..P).rev() {
+            if need >> b & 1 == 1 {
+                eq = _mm256_and_si256(eq, planes[b]);
+            } else {
+                gt = _mm256_or_si256(gt, _mm256_and_si256(eq, planes[b]));
+                eq = _mm256_andnot_si256(planes[b], eq);
+            }
+        }
+        // SAFETY: w0 + 4 ≤ words ≤ out.len().
+        _mm256_storeu_si256(
+            out.as_mut_ptr().add(w0) as *mut __m256i,
+            _mm256_or_si256(gt, eq),
+        );
+    }
+    groups * LANES
+}
+
+/// The portable kernel, from word `from` on: per group of [`LANES`] words, the winners' rows
+/// are added into P bit-sliced counters (plane b holds bit b of every position's count) with
+/// a ripple carry, then count ≥ need is decided plane by plane from the top bit.
+fn at_least_body<const P: usize>(
+    rows: &[u64],
+    words: usize,
+    from: usize,
+    code: &[u16],
+    cells: usize,
+    need: usize,
+    out: &mut [u64],
+) {
+    for w0 in (from..words).step_by(LANES) {
+        let len = (words - w0).min(LANES);
+        let mut planes = [[0u64; LANES]; P];
+        for (m, &c) in code.iter().enumerate() {
+            let start = (m * cells + c as usize) * words + w0;
+            let mut carry = [0u64; LANES];
+            carry[..len].copy_from_slice(&rows[start..start + len]);
+            for plane in planes.iter_mut() {
+                for (p, c) in plane.iter_mut().zip(carry.iter_mut()) {
+                    let next = *p & *c;
+                    *p ^= *c;
+                    *c = next;
+                }
+            }
+        }
+        for (l, o) in out[w0..w0 + len].iter_mut().enumerate() {
+            let (mut gt, mut eq) = (0u64, u64::MAX);
+            for b in (0..P).rev() {
+                let plane = planes[b][l];
+                if need >> b & 1 == 1 {
+                    eq &= plane;
+                } else {
+                    gt |= eq & plane;
+                    eq &= !plane;
+                }
+            }
+            *o = gt | eq;
+        }
     }
 }
 
@@ -138,6 +404,25 @@ impl Csa {
 
     /// G = mean over modules of max V (steps 2–4). Needs [`set_active`](Self::set_active).
     pub(crate) fn familiarity(&self, u: &[u16]) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 checked just above; the body is safe code.
+                return unsafe { self.familiarity_avx2(u) };
+            }
+        }
+        self.familiarity_body(u)
+    }
+
+    /// The per-module maxima vectorise with AVX2 (unsigned 16-bit max is not in SSE2).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn familiarity_avx2(&self, u: &[u16]) -> f64 {
+        self.familiarity_body(u)
+    }
+
+    #[inline(always)]
+    fn familiarity_body(&self, u: &[u16]) -> f64 {
         let sum: f64 = u
             .chunks_exact(self.cells)
             .map(|cm| self.v[*cm.iter().max().expect("K ≥ 2") as usize])
@@ -158,6 +443,25 @@ impl Csa {
     /// Recognize mode (step 8): per module the max-u cell, ties uniformly at random (one draw
     /// only when there is a tie).
     pub(crate) fn argmax(&self, u: &[u16], rng: &mut Xoshiro256PlusPlus, code: &mut [u16]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 checked just above; the body is safe code.
+                unsafe { self.argmax_avx2(u, rng, code) };
+                return;
+            }
+        }
+        self.argmax_body(u, rng, code);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn argmax_avx2(&self, u: &[u16], rng: &mut Xoshiro256PlusPlus, code: &mut [u16]) {
+        self.argmax_body(u, rng, code);
+    }
+
+    #[inline(always)]
+    fn argmax_body(&self, u: &[u16], rng: &mut Xoshiro256PlusPlus, code: &mut [u16]) {
         for (cm, winner) in u.chunks_exact(self.cells).zip(code.iter_mut()) {
             let best = *cm.iter().max().expect("K ≥ 2");
             let ties = cm.iter().filter(|&&v| v == best).count();
@@ -211,5 +515,74 @@ impl Csa {
             }
             *winner = k as u16;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::bitset::{and_counts, ones};
+    use rand::SeedableRng;
+
+    /// The transpose stays the transpose through writes, clears and a serde round trip (which
+    /// rebuilds it), and column sums over x's bits equal the row-wise AND + popcount.
+    #[test]
+    fn columns_track_rows_and_give_the_row_overlaps() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        // 300 input bits (5 words, 20 unused bits), Q = 7 × K = 11 = 77 cells (2 cell words).
+        let (words, modules, cells) = (5, 7, 11);
+        let mut bank = Bank::new(modules * cells, words);
+        let mut winners = vec![0u64; words_for(modules * cells)];
+        let mut scratch = vec![0u64; bank.cell_words * 8];
+        let random_x = |rng: &mut Xoshiro256PlusPlus, bits: usize| {
+            let mut x = vec![0u64; words];
+            for _ in 0..bits {
+                let j = rng.random_range(0..300);
+                x[j / 64] |= 1 << (j % 64);
+            }
+            x
+        };
+        for step in 0..60 {
+            let x = random_x(&mut rng, 40);
+            let active: Vec<u16> = ones(&x).map(|j| j as u16).collect();
+            let code: Vec<u16> = (0..modules)
+                .map(|_| rng.random_range(0..cells) as u16)
+                .collect();
+            let before = bank.set_bits;
+            let new = bank.write(&x, &active, &code, cells, &mut winners);
+            assert_eq!(bank.set_bits, before + new);
+            // Every tenth probe has all 300 bits: more than 255 active, the counters' limit.
+            let probe = if step % 10 == 0 {
+                let mut all = vec![u64::MAX; words];
+                all[4] = (1 << 44) - 1;
+                all
+            } else {
+                random_x(&mut rng, 300)
+            };
+            let probe_active: Vec<u16> = ones(&probe).map(|j| j as u16).collect();
+            let (mut by_rows, mut by_cols) = (vec![0u16; modules * cells], vec![0u16; 77]);
+            and_counts(&bank.rows, &probe, &mut by_rows);
+            bank.overlaps(&probe_active, &mut scratch, &mut by_cols);
+            assert_eq!(by_rows, by_cols, "step {step}");
+            let mut portable = vec![0u16; 77];
+            crate::memory::bitset::column_counts_portable(
+                &bank.cols,
+                bank.cell_words,
+                &probe_active,
+                &mut scratch,
+                &mut portable,
+            );
+            assert_eq!(by_rows, portable, "step {step}");
+            if step == 30 {
+                assert!(bank.transpose_is_consistent());
+                let json = serde_json::to_string(&bank).unwrap();
+                assert!(!json.contains("cols"), "the transpose is not serialised");
+                let back: Bank = serde_json::from_str(&json).unwrap();
+                assert_eq!(back, bank);
+            }
+        }
+        assert!(bank.transpose_is_consistent());
+        bank.clear();
+        assert!(bank.cols.iter().all(|&w| w == 0));
     }
 }

@@ -41,7 +41,7 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 
-use bitset::{count_ones, words_for};
+use bitset::{and_count, count_ones, ones_into, words_for};
 use csa::{Bank, Csa};
 use index::CodeIndex;
 
@@ -121,6 +121,44 @@ pub enum Learned {
     Frozen,
 }
 
+/// Buffers of the hot path, allocated with the memory: the set bits of the last input
+/// (`active[..active_len]`, valid for `last_x`), the byte counters of the overlap pass, the
+/// winners' cells as a bitset. Not state: not serialised (a deserialised memory has them
+/// empty and sizes them on first use, reloading the bits of `last_x` if needed), and equal
+/// whatever they hold, so `==` on memories compares state only.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    active: Vec<u16>,
+    active_len: usize,
+    counters: Vec<u64>,
+    winners: Vec<u64>,
+}
+
+impl Scratch {
+    fn new(words: usize, cells: usize) -> Self {
+        Self {
+            active: vec![0; words * 64],
+            active_len: 0,
+            counters: vec![0; words_for(cells) * 8],
+            winners: vec![0; words_for(cells)],
+        }
+    }
+
+    fn is_sized(&self) -> bool {
+        !self.active.is_empty()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.active.len() * 2 + (self.counters.len() + self.winners.len()) * 8
+    }
+}
+
+impl PartialEq for Scratch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// A Sparsey-style associative memory (one mac) with its saturation policy and best-match
 /// index. All buffers are allocated at construction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,11 +179,11 @@ pub struct SdrMemory {
     learn_code: Vec<u16>,
     /// x̂ of the last recognition.
     recalled: Vec<u64>,
-    /// Bit-sliced vote counters for x̂: ⌊log2 Q⌋ + 1 planes of `words` words, and the carry.
-    planes: Vec<u64>,
-    carry: Vec<u64>,
     /// x of the last recognition, so `learn` can tell whether its tables are for its input.
     last_x: Vec<u64>,
+    /// Buffers of the hot path; not state (see [`Scratch`]).
+    #[serde(skip)]
+    scratch: Scratch,
     recognitions: u64,
     learns: u64,
 }
@@ -186,8 +224,7 @@ impl SdrMemory {
             learn_code: vec![0; params.modules],
             recalled: vec![0; words],
             last_x: vec![0; words],
-            planes: vec![0; (usize::BITS - params.modules.leading_zeros()) as usize * words],
-            carry: vec![0; words],
+            scratch: Scratch::new(words, cells),
             recognitions: 0,
             learns: 0,
             params,
@@ -257,7 +294,8 @@ impl SdrMemory {
             + self.index.heap_bytes()
             + self.csa.heap_bytes()
             + (self.u.len() + self.learn_code.len()) * 2
-            + (self.recalled.len() + self.last_x.len() + self.planes.len() + self.carry.len()) * 8
+            + (self.recalled.len() + self.last_x.len()) * 8
+            + self.scratch.heap_bytes()
             + std::mem::size_of::<Self>()
     }
 
@@ -284,7 +322,7 @@ impl SdrMemory {
         self.recognitions += 1;
         self.last_x.copy_from_slice(x);
         recall.stamp = self.recognitions;
-        recall.active = count_ones(x);
+        recall.active = self.load_active(x);
         recall.status = self.status(recall.active);
         recall.best_match = None;
         if !recall.is_coded() {
@@ -292,8 +330,7 @@ impl SdrMemory {
             recall.precision = 0.0;
             return;
         }
-        let bank = &self.banks[self.scorer];
-        bank.overlaps(x, &mut self.u);
+        self.overlaps();
         self.csa.set_active(recall.active);
         recall.familiarity = self.csa.familiarity(&self.u);
         self.csa.argmax(&self.u, &mut self.rng, &mut recall.code);
@@ -301,43 +338,30 @@ impl SdrMemory {
         recall.best_match = self.index.best_match(&recall.code);
     }
 
-    /// x̂_j = 1 iff at least ⌈quorum·Q⌉ winners have w(j, ·) = 1, counted with bit-sliced
-    /// counters (plane b holds bit b of every position's count; rows are added word-parallel
-    /// with a ripple carry); returns R = |x ∩ x̂| / |x̂| (0 if x̂ is empty).
+    /// Lists the set bits of `x` (its first `words` words) in `active`; returns their count.
+    fn load_active(&mut self, x: &[u64]) -> usize {
+        if !self.scratch.is_sized() {
+            // Scratch is not serialised: sized here after deserialisation, once.
+            self.scratch = Scratch::new(self.words, self.params.modules * self.params.cells);
+        }
+        let s = &mut self.scratch;
+        s.active_len = ones_into(&x[..self.words], &mut s.active);
+        s.active_len
+    }
+
+    /// u for the input in `active`, against the scoring bank.
+    fn overlaps(&mut self) {
+        let s = &mut self.scratch;
+        self.banks[self.scorer].overlaps(&s.active[..s.active_len], &mut s.counters, &mut self.u);
+    }
+
+    /// x̂_j = 1 iff at least ⌈quorum·Q⌉ winners have w(j, ·) = 1 (counted with bit-sliced
+    /// counters, [`Bank::at_least`]); returns R = |x ∩ x̂| / |x̂| (0 if x̂ is empty).
     fn reconstruct(&mut self, x: &[u64], code: &[u16]) -> f64 {
-        let (q, k, words) = (self.params.modules, self.params.cells, self.words);
-        let need = ((self.params.recall_quorum * q as f64).ceil() as u64).max(1);
-        let planes = self.planes.len() / words;
-        let bank = &self.banks[self.scorer];
-        self.planes.fill(0);
-        for (m, &c) in code.iter().enumerate() {
-            let row = bank.row(m * k + c as usize);
-            self.carry.copy_from_slice(row);
-            for plane in self.planes.chunks_exact_mut(words) {
-                for (p, c) in plane.iter_mut().zip(self.carry.iter_mut()) {
-                    let next = *p & *c;
-                    *p ^= *c;
-                    *c = next;
-                }
-            }
-        }
-        // count ≥ need, compared plane by plane from the top bit.
-        let (mut hit, mut total) = (0usize, 0usize);
-        for (w, (out, &xw)) in self.recalled.iter_mut().zip(x).enumerate() {
-            let (mut gt, mut eq) = (0u64, u64::MAX);
-            for b in (0..planes).rev() {
-                let plane = self.planes[b * words + w];
-                if need >> b & 1 == 1 {
-                    eq &= plane;
-                } else {
-                    gt |= eq & plane;
-                    eq &= !plane;
-                }
-            }
-            *out = gt | eq;
-            hit += (*out & xw).count_ones() as usize;
-            total += out.count_ones() as usize;
-        }
+        let (q, k) = (self.params.modules, self.params.cells);
+        let need = ((self.params.recall_quorum * q as f64).ceil() as usize).max(1);
+        self.banks[self.scorer].at_least(code, k, need, &mut self.recalled);
+        let (hit, total) = (and_count(&self.recalled, x), count_ones(&self.recalled));
         if total == 0 {
             0.0
         } else {
@@ -353,10 +377,15 @@ impl SdrMemory {
     /// Brings u and V up to date for `x` unless `recall` is the latest recognition of it.
     fn prepare(&mut self, x: &[u64], recall: &Recall) -> (usize, f64) {
         if self.is_current(x, recall) && recall.is_coded() {
+            if !self.scratch.is_sized() {
+                // Deserialised since that recognition: the scratch list of x's bits is gone
+                // (u, which is serialised, is still current).
+                self.load_active(x);
+            }
             return (recall.active, recall.familiarity);
         }
-        let active = count_ones(&x[..self.words]);
-        self.banks[self.scorer].overlaps(x, &mut self.u);
+        let active = self.load_active(x);
+        self.overlaps();
         self.csa.set_active(active);
         (active, self.csa.familiarity(&self.u))
     }
@@ -399,15 +428,22 @@ impl SdrMemory {
         let stamp = self.learns;
         self.learns += 1;
         let (q, k) = (self.params.modules, self.params.cells);
-        let new_weights = self.banks[self.scorer].write(x, &self.learn_code, k);
+        // `active` lists x's bits: `sample_code` returned a code, so either recognition of
+        // this x was current or `prepare` reloaded them.
+        // Taken out for the writes (no allocation), so `past_half_life` can borrow self.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let active = &scratch.active[..scratch.active_len];
+        let new_weights =
+            self.banks[self.scorer].write(x, active, &self.learn_code, k, &mut scratch.winners);
         if self.banks[self.scorer].born.is_none() {
             self.banks[self.scorer].born = Some(stamp);
         }
         if self.banks.len() == 2 && self.past_half_life() {
             let shadow = &mut self.banks[1 - self.scorer];
             shadow.born.get_or_insert(stamp);
-            shadow.write(x, &self.learn_code, k);
+            shadow.write(x, active, &self.learn_code, k, &mut scratch.winners);
         }
+        self.scratch = scratch;
         debug_assert_eq!(self.learn_code.len(), q);
         // The index's last query is this recall's c* unless something came in between.
         let same = self.is_current(x, recall) && recall.code == self.learn_code;
