@@ -538,12 +538,14 @@ impl Reference {
 }
 
 /// The fast bitset path and the reference agree exactly (winners, G, R, learned codes) on
-/// random inputs, novel, stored and partial, for λ = 1 and λ = 2, an odd Q and the spec's
-/// majority quorum.
+/// random inputs, novel, stored and partial, for λ = 1 and λ = 2, an odd Q, the spec's
+/// majority quorum, and the default shape (Q = 32, K = 16, which has its own kernels).
 #[test]
 fn fast_path_matches_reference() {
     let (n, s) = (300, 24);
-    for (modules, cells, lambda, quorum) in [(16, 8, 1.0, 0.9), (7, 5, 2.0, 0.5)] {
+    for (modules, cells, lambda, quorum) in
+        [(16, 8, 1.0, 0.9), (7, 5, 2.0, 0.5), (32, 16, 1.0, 0.9)]
+    {
         let p = MemoryParams {
             modules,
             cells,

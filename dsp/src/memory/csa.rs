@@ -349,6 +349,30 @@ fn at_least_body<const P: usize>(
     }
 }
 
+/// The maximum of 16 cells and the mask of the cells equal to it, two bits per cell (bits
+/// 2i and 2i + 1 for cell i). Panics unless `cm` has 16 entries.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn max_of_16(cm: &[u16]) -> (u16, u32) {
+    use std::arch::x86_64::{
+        __m256i, _mm256_castsi256_si128, _mm256_cmpeq_epi16, _mm256_loadu_si256, _mm256_max_epu16,
+        _mm256_movemask_epi8, _mm256_permute2x128_si256, _mm256_set1_epi16, _mm256_shuffle_epi32,
+        _mm256_srli_epi32, _mm_cvtsi128_si32,
+    };
+    assert_eq!(cm.len(), 16);
+    // SAFETY: 16 u16 are 32 bytes, checked just above.
+    let v = _mm256_loadu_si256(cm.as_ptr() as *const __m256i);
+    // Fold halves until every dword's low half holds the maximum of all 16.
+    let m = _mm256_max_epu16(v, _mm256_permute2x128_si256(v, v, 1));
+    let m = _mm256_max_epu16(m, _mm256_shuffle_epi32(m, 0b01_00_11_10));
+    let m = _mm256_max_epu16(m, _mm256_shuffle_epi32(m, 0b10_11_00_01));
+    let m = _mm256_max_epu16(m, _mm256_srli_epi32(m, 16));
+    let best = _mm_cvtsi128_si32(_mm256_castsi256_si128(m)) as u16;
+    let eq = _mm256_cmpeq_epi16(v, _mm256_set1_epi16(best as i16));
+    (best, _mm256_movemask_epi8(eq) as u32)
+}
+
 /// The CSA's constants and per-sample tables.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Csa {
@@ -414,11 +438,19 @@ impl Csa {
         self.familiarity_body(u)
     }
 
-    /// The per-module maxima vectorise with AVX2 (unsigned 16-bit max is not in SSE2).
+    /// The per-module maxima vectorise with AVX2 (unsigned 16-bit max is not in SSE2); at
+    /// K = 16 (the default) a module is one register.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn familiarity_avx2(&self, u: &[u16]) -> f64 {
-        self.familiarity_body(u)
+        if self.cells != 16 {
+            return self.familiarity_body(u);
+        }
+        let mut sum = 0.0;
+        for cm in u.chunks_exact(16) {
+            sum += self.v[max_of_16(cm).0 as usize];
+        }
+        sum / self.modules as f64
     }
 
     #[inline(always)]
@@ -445,7 +477,9 @@ impl Csa {
     pub(crate) fn argmax(&self, u: &[u16], rng: &mut Xoshiro256PlusPlus, code: &mut [u16]) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("popcnt")
+            {
                 // SAFETY: AVX2 checked just above; the body is safe code.
                 unsafe { self.argmax_avx2(u, rng, code) };
                 return;
@@ -454,10 +488,29 @@ impl Csa {
         self.argmax_body(u, rng, code);
     }
 
+    /// At K = 16 a module's maximum and the mask of the cells that reach it come from one
+    /// register; the draw among ties is the portable one (same RNG calls, same pick).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     unsafe fn argmax_avx2(&self, u: &[u16], rng: &mut Xoshiro256PlusPlus, code: &mut [u16]) {
-        self.argmax_body(u, rng, code);
+        if self.cells != 16 {
+            return self.argmax_body(u, rng, code);
+        }
+        for (cm, winner) in u.chunks_exact(16).zip(code.iter_mut()) {
+            // Two mask bits per cell.
+            let (_, mut mask) = max_of_16(cm);
+            let ties = (mask.count_ones() / 2) as usize;
+            let pick = if ties == 1 {
+                0
+            } else {
+                rng.random_range(0..ties)
+            };
+            for _ in 0..pick {
+                mask &= mask - 1;
+                mask &= mask - 1;
+            }
+            *winner = (mask.trailing_zeros() / 2) as u16;
+        }
     }
 
     #[inline(always)]
@@ -523,6 +576,27 @@ mod tests {
     use super::*;
     use crate::memory::bitset::{and_counts, ones};
     use rand::SeedableRng;
+
+    /// The K = 16 register kernel finds the maximum and exactly the cells tied at it.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn max_of_16_matches_scalar() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        for case in 0..2000 {
+            // Small ranges give many ties; the last cases reach the top of u16.
+            let top = if case < 1900 { 4 } else { u16::MAX };
+            let cm: Vec<u16> = (0..16).map(|_| rng.random_range(0..=top)).collect();
+            // SAFETY: AVX2 checked above.
+            let (best, mask) = unsafe { max_of_16(&cm) };
+            assert_eq!(best, *cm.iter().max().unwrap());
+            for (i, &v) in cm.iter().enumerate() {
+                assert_eq!(mask >> (2 * i) & 3, if v == best { 3 } else { 0 });
+            }
+        }
+    }
 
     /// The transpose stays the transpose through writes, clears and a serde round trip (which
     /// rebuilds it), and column sums over x's bits equal the row-wise AND + popcount.

@@ -94,6 +94,25 @@ impl CodeIndex {
     /// answer as counting slot by slot (stamps are distinct: each learn stamps one slot), at
     /// a cost of Q·M/64 words per plane instead of one branchy increment per vote.
     fn nearest(&mut self, code: &[u16]) -> Option<(usize, usize)> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 checked just above; the body is safe code.
+                return unsafe { self.nearest_avx2(code) };
+            }
+        }
+        self.nearest_body(code)
+    }
+
+    /// The counter planes' word groups become single 256-bit operations.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn nearest_avx2(&mut self, code: &[u16]) -> Option<(usize, usize)> {
+        self.nearest_body(code)
+    }
+
+    #[inline(always)]
+    fn nearest_body(&mut self, code: &[u16]) -> Option<(usize, usize)> {
         if self.capacity == 0 {
             return None;
         }
