@@ -29,6 +29,8 @@ pub struct BrokerOptions {
     pub persistence: bool,
     /// Mosquitto's `max_inflight_messages` (0 = unlimited, the harness default).
     pub max_inflight: u32,
+    /// Mosquitto's `max_queued_messages` (0 = unlimited, the harness default).
+    pub max_queued: u32,
 }
 
 impl Mosquitto {
@@ -122,13 +124,13 @@ impl Mosquitto {
             format!(
                 "listener {port} 127.0.0.1\n\
                  allow_anonymous true\n\
-                 max_queued_messages 0\n\
+                 max_queued_messages {}\n\
                  max_inflight_messages {}\n\
                  {persistence}\
                  log_dest stderr\n\
                  log_type error\n\
                  log_type warning\n",
-                options.max_inflight
+                options.max_queued, options.max_inflight
             ),
         )?;
         let child = spawn_broker(exe, &conf, &log)?;

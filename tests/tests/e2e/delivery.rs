@@ -109,6 +109,7 @@ fn broker_restart_loses_nothing_and_takes_nothing_twice() {
     let mut broker = Mosquitto::start_with(&BrokerOptions {
         persistence: true,
         max_inflight: 20,
+        max_queued: 1_000_000,
     })
     .expect("start mosquitto");
     let config = TestConfig::new("broker-restart", broker.port());
