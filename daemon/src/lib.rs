@@ -12,6 +12,7 @@
 //!   JSON that sparsewatch publishes ([`wire::AnomalyMessage`], [`wire::StatusMessage`]).
 //! - [`mqtt`]: connection options with the Last Will, the ingest task that polls rumqttc's
 //!   event loop, and the publisher task.
+//! - [`outbox`]: events kept until the broker acknowledges them, optionally in a spool file.
 //! - [`worker`]: DSP worker threads behind bounded crossbeam channels; each sensor key belongs
 //!   to one worker, which owns its `dsp::Pipeline`.
 //! - [`service`]: [`service::run`], the daemon's lifetime, with the shutdown future as a
@@ -33,6 +34,7 @@ pub mod eval;
 pub mod fixtures;
 pub mod metrics;
 pub mod mqtt;
+pub mod outbox;
 pub mod plot;
 pub mod replay;
 pub mod service;

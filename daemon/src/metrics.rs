@@ -44,13 +44,15 @@ counters! {
     channel_mismatch,
     /// Gaps in event time that restarted a stream's window.
     gaps,
-    /// Samples dropped because the owning worker's queue was full.
+    /// Samples dropped because the owning worker's queue was full (`mqtt.overload = "shed"`,
+    /// QoS 0, or a worker that is gone).
     dropped_samples,
-    /// Anomaly events dropped because the output queue was full.
+    /// Anomaly and no-data events dropped: output queue full, outbox full, or undelivered at a
+    /// stop without a spool file.
     dropped_events,
     /// Samples refused because `workers.max_streams` keys are already tracked.
     refused_streams,
-    /// Anomaly events handed to the MQTT client.
+    /// Anomaly and no-data events acknowledged by the broker (PUBACK).
     events_published,
     /// Window codes handed to the MQTT client.
     codes_published,
@@ -63,11 +65,45 @@ counters! {
     connection_errors,
     /// Sensor streams currently tracked.
     streams,
+    /// Samples refused as redeliveries: the broker marked them DUP, or their timestamp equals
+    /// the stream's last one. Acknowledged, never counted as samples twice.
+    duplicates,
+    /// QoS 1 messages acknowledged to the broker after their worker took them.
+    acks,
+    /// Acknowledgements not sent because the connection that delivered the message is gone;
+    /// the broker redelivers those messages (seen as `duplicates` if already taken).
+    stale_acks,
+    /// Times the ingest stopped reading because a worker queue was full (`overload = "hold"`).
+    ingest_holds,
+    /// QoS 1 messages received while stopping: neither taken nor acknowledged, so the broker
+    /// delivers them to the next run.
+    left_at_broker,
+    /// Connections after the first one (reconnections).
+    reconnects,
+    /// 1 while connected to the broker, else 0.
+    broker_connected,
+    /// Total time of the outages that ended in a reconnection, milliseconds.
+    outage_ms,
+    /// Events delivered late (`"delayed": true`).
+    events_delayed,
+    /// Events in the outbox, not yet acknowledged by the broker.
+    events_buffered,
+    /// No-data conditions raised and cleared.
+    nodata_raised,
+    nodata_cleared,
 }
 
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicU64, v: u64) {
+        gauge.store(v, Ordering::Relaxed);
     }
 }
 
@@ -88,7 +124,17 @@ impl Snapshot {
             payload_errors = self.payload_errors,
             unknown_topics = self.unknown_topics,
             out_of_order = self.out_of_order,
+            duplicates = self.duplicates,
             drops = self.drops(),
+            events = self.events_published,
+            events_delayed = self.events_delayed,
+            events_buffered = self.events_buffered,
+            reconnects = self.reconnects,
+            broker_connected = self.broker_connected,
+            outage_ms = self.outage_ms,
+            holds = self.ingest_holds,
+            left_at_broker = self.left_at_broker,
+            nodata = self.nodata_raised,
             codes = self.codes_published,
             dropped_codes = self.dropped_codes,
             streams = self.streams,

@@ -7,7 +7,7 @@
 //! status, then disconnect cleanly, in that order, so nothing accepted is lost on a stop.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::ValidSettings;
 use crate::metrics::{now_ms, Metrics, Snapshot};
-use crate::mqtt::{self, Ingest};
+use crate::mqtt::{self, Acker, Ingest, Link};
+use crate::outbox::Outbox;
 use crate::wire::StatusMessage;
 use crate::worker::{CodeSink, WorkerContext, Workers};
 
@@ -50,9 +51,30 @@ pub async fn run_with_metrics(
         "sparsewatch starting"
     );
 
-    // Capacity: anomaly events are rare (one per incident); this absorbs a burst of incidents
-    // across many keys while the broker is slow. Full → the event is dropped and counted.
+    // Capacity: events are rare (one per incident or silence); this absorbs a burst across
+    // many keys while the publisher writes the spool file. Full → dropped and counted. The
+    // outbox behind it holds events while the broker is away.
     let (events_tx, events_rx) = mpsc::channel(s.output.queue_capacity);
+    let (outbox, restored) = Outbox::open(&s.output.buffer).with_context(|| {
+        format!(
+            "cannot open the outbox spool file {:?} (output.buffer.file)",
+            s.output.buffer.file
+        )
+    })?;
+    if restored > 0 {
+        tracing::info!(
+            events = restored,
+            "undelivered events of a previous run restored from the spool file"
+        );
+    }
+    let (client, eventloop) = AsyncClient::new(
+        mqtt::options(&settings, started_at_ms),
+        s.mqtt.request_queue,
+    );
+    // Every message taken and not yet acknowledged is in a worker queue, being processed, or
+    // its token is here: room for all of them, so a worker never fails to hand one over.
+    let overflow = s.workers.count * (s.workers.queue_capacity + 1) + s.mqtt.request_queue;
+    let (acker, ack_overflow) = Acker::new(client.clone(), overflow, metrics.clone());
     // Codes have their own queue so a flood of them can never push an anomaly event out of
     // the output queue (they do share the MQTT client's request queue; codes are only queued
     // there with try_publish while connected, and are the first thing dropped).
@@ -76,22 +98,26 @@ pub async fn run_with_metrics(
         events: events_tx,
         codes: codes_tx,
         stream_count: Arc::new(AtomicUsize::new(0)),
+        acker: mqtt::manual_acks(&settings).then(|| acker.clone()),
+        no_data_after: (s.streams.no_data_after_secs > 0)
+            .then(|| Duration::from_secs(s.streams.no_data_after_secs)),
     };
     let workers = Workers::spawn(s.workers.count, s.workers.queue_capacity, ctx)
         .context("cannot start the DSP worker threads")?;
 
-    let (client, eventloop) = AsyncClient::new(
-        mqtt::options(&settings, started_at_ms),
-        s.mqtt.request_queue,
-    );
     let connected = Arc::new(AtomicBool::new(false));
+    let link = Arc::new(Link::default());
     let publisher = tokio::spawn(mqtt::publish_outbound(
         settings.clone(),
         client.clone(),
         events_rx,
         codes_rx,
         connected.clone(),
+        link.clone(),
+        outbox,
         metrics.clone(),
+        started_at_ms,
+        STOP_GRACE - Duration::from_millis(500),
     ));
     let ingest = Arc::new(Ingest {
         settings: settings.clone(),
@@ -101,6 +127,9 @@ pub async fn run_with_metrics(
         connected,
         wake: Notify::new(),
         started_at_ms,
+        acker,
+        ack_overflow,
+        link,
     });
     let ingest_task = tokio::spawn(ingest.clone().drive(client.clone(), eventloop));
     let summary = (s.log.summary_interval_secs > 0).then(|| {
@@ -124,7 +153,7 @@ pub async fn run_with_metrics(
             .context("joining the DSP workers")?;
     }
     if tokio::time::timeout(STOP_GRACE, publisher).await.is_err() {
-        tracing::warn!("pending anomaly events could not be handed to the broker in time");
+        tracing::warn!("pending events could not be handed to the broker in time");
     }
     let offline = StatusMessage::new(&s.node.id, false, started_at_ms).to_json();
     let _ = client.try_publish(
@@ -133,9 +162,8 @@ pub async fn run_with_metrics(
         true,
         offline,
     );
-    ingest.stopping.store(true, Ordering::Relaxed);
-    let _ = client.try_disconnect();
-    ingest.wake.notify_one();
+    // The ingest task disconnects once the workers' acknowledgements are out.
+    ingest.request_stop();
     if tokio::time::timeout(STOP_GRACE, ingest_task).await.is_err() {
         tracing::warn!("the broker did not take the disconnect in time");
     }

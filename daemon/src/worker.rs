@@ -1,23 +1,49 @@
 //! DSP workers: named OS threads, each owning the pipelines of the sensor keys that hash to it.
 //!
-//! The MQTT task hands readings over with [`Workers::dispatch`], a `try_send` on the owning
-//! worker's bounded crossbeam channel: it never blocks the async side, and a full queue drops
-//! the reading and counts it. A worker blocks only while its queue is empty and never awaits;
-//! anomaly events leave it through a bounded tokio channel with `try_send`, so a stalled
-//! publisher costs counted events, never a stalled worker.
+//! The MQTT task hands readings over with [`Workers::try_dispatch`], a `try_send` on the owning
+//! worker's bounded crossbeam channel: it never blocks the async side; a full queue hands the
+//! reading back, and the ingest then holds it (stops reading) or sheds it, as configured. A
+//! worker blocks only while its queue is empty (waking every so often to look for silent
+//! streams) and never awaits; once it has taken a sample into its stream's state (or refused
+//! it) it acknowledges the MQTT message ([`Acker`]). Events leave it through a bounded tokio
+//! channel with `try_send`, so a stalled publisher costs counted events, never a stalled
+//! worker.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use sparsewatch_dsp::{Pipeline, PushOutcome, Sample, ValidPipelineParams, WindowReport};
 use tokio::sync::mpsc;
 
 use crate::metrics::{now_ms, LogLimiter, Metrics};
-use crate::wire::{AnomalyMessage, CodeMessage, Reading};
+use crate::mqtt::{AckToken, Acker};
+use crate::wire::{AnomalyMessage, CodeMessage, NoDataMessage, OutboundEvent, Reading};
+
+/// A reading on its way to its worker, with what the worker needs to acknowledge it.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub reading: Reading,
+    /// The broker marked the message as a redelivery (DUP).
+    pub dup: bool,
+    /// Acknowledgement owed once the worker has taken the reading (QoS 1 with manual acks).
+    pub ack: Option<AckToken>,
+}
+
+impl Dispatch {
+    /// A reading that needs no acknowledgement (tests, QoS 0).
+    pub fn plain(reading: Reading) -> Self {
+        Self {
+            reading,
+            dup: false,
+            ack: None,
+        }
+    }
+}
 
 /// Where a worker sends window codes, and how often.
 #[derive(Clone)]
@@ -34,17 +60,22 @@ pub struct WorkerContext {
     pub pipeline: ValidPipelineParams,
     pub max_streams: usize,
     pub metrics: Arc<Metrics>,
-    pub events: mpsc::Sender<AnomalyMessage>,
+    pub events: mpsc::Sender<OutboundEvent>,
     pub codes: Option<CodeSink>,
     /// Streams tracked over all workers (bounded by `max_streams`).
     pub stream_count: Arc<AtomicUsize>,
+    /// Where acknowledgements go (None: nothing to acknowledge).
+    pub acker: Option<Arc<Acker>>,
+    /// Silence after which a stream raises a no-data condition (None: off).
+    pub no_data_after: Option<Duration>,
 }
 
 /// The worker threads and the sending halves of their queues.
 pub struct Workers {
-    senders: Vec<Sender<Reading>>,
+    senders: Vec<Sender<Dispatch>>,
     handles: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
+    acker: Option<Arc<Acker>>,
 }
 
 impl Workers {
@@ -54,8 +85,8 @@ impl Workers {
         let mut handles = Vec::with_capacity(count);
         for i in 0..count {
             // Capacity: enough to ride out a burst while a worker scores a window; beyond
-            // that, holding more only hides overload. Full → the reading is dropped and counted.
-            let (tx, rx) = bounded::<Reading>(queue_capacity);
+            // that, holding more only hides overload. Full → the ingest holds or sheds.
+            let (tx, rx) = bounded::<Dispatch>(queue_capacity);
             let ctx = ctx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("dsp-worker-{i}"))
@@ -67,30 +98,54 @@ impl Workers {
             senders,
             handles,
             metrics: ctx.metrics,
+            acker: ctx.acker,
         })
     }
 
-    /// Hands a reading to the worker that owns its key; never blocks.
-    pub fn dispatch(&self, reading: Reading) {
-        let idx = owner(&reading.key, self.senders.len());
-        match self.senders[idx].try_send(reading) {
-            Ok(()) => {}
-            Err(TrySendError::Full(r)) => {
+    /// Hands a reading to the worker that owns its key; never blocks. A full queue hands it
+    /// back.
+    pub fn try_dispatch(&self, d: Dispatch) -> Result<(), Dispatch> {
+        let idx = owner(&d.reading.key, self.senders.len());
+        match self.senders[idx].try_send(d) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(d)) => Err(d),
+            Err(TrySendError::Disconnected(d)) => {
+                // Only after a worker panicked: count the loss like any other drop, and
+                // acknowledge it so the broker does not hold it for a worker that is gone.
                 Metrics::inc(&self.metrics.dropped_samples);
-                static LIMIT: LogLimiter = LogLimiter::new(10_000);
-                if let Some(held) = LIMIT.allow(now_ms()) {
-                    tracing::warn!(key = %r.key, worker = idx, suppressed = held, "worker queue full, sample dropped");
-                }
-            }
-            Err(TrySendError::Disconnected(r)) => {
-                // Only after a worker panicked: count the loss like any other drop.
-                Metrics::inc(&self.metrics.dropped_samples);
+                self.ack(&d);
                 static GONE: LogLimiter = LogLimiter::new(10_000);
                 if let Some(held) = GONE.allow(now_ms()) {
-                    tracing::error!(key = %r.key, worker = idx, suppressed = held, "worker thread is gone, sample dropped");
+                    tracing::error!(key = %d.reading.key, worker = idx, suppressed = held, "worker thread is gone, sample dropped");
                 }
+                Ok(())
             }
         }
+    }
+
+    /// Drops a reading its worker has no room for: counted, and acknowledged (overload
+    /// policy "shed").
+    pub fn shed(&self, d: Dispatch) {
+        Metrics::inc(&self.metrics.dropped_samples);
+        self.ack(&d);
+        static LIMIT: LogLimiter = LogLimiter::new(10_000);
+        if let Some(held) = LIMIT.allow(now_ms()) {
+            tracing::warn!(key = %d.reading.key, suppressed = held, "worker queue full, sample dropped");
+        }
+    }
+
+    fn ack(&self, d: &Dispatch) {
+        if let (Some(acker), Some(token)) = (&self.acker, d.ack) {
+            acker.ack(token);
+        }
+    }
+
+    /// Whether the queue of the worker that owns `key` is at most half full: the point at
+    /// which a held ingest resumes (resuming at the first free slot would take one message
+    /// per wake-up).
+    pub fn has_room(&self, key: &str) -> bool {
+        let q = &self.senders[owner(key, self.senders.len())];
+        q.len() <= q.capacity().unwrap_or(usize::MAX) / 2
     }
 
     /// Closes the queues and waits until every worker has processed what was queued.
@@ -116,6 +171,9 @@ struct Stream {
     channel_names: Vec<String>,
     values: Vec<f64>,
     pipeline: Pipeline,
+    /// Wall-clock arrival of the last sample, and whether a no-data condition is raised.
+    last_arrival_ms: i64,
+    silent: bool,
 }
 
 struct Worker {
@@ -133,13 +191,67 @@ impl Worker {
         }
     }
 
-    fn run(mut self, rx: Receiver<Reading>) {
-        for reading in rx.iter() {
-            self.handle(reading);
+    fn run(mut self, rx: Receiver<Dispatch>) {
+        let Some(after) = self.ctx.no_data_after else {
+            for d in rx.iter() {
+                self.take(d);
+            }
+            return;
+        };
+        // Look for silent streams about ten times per no-data period (20 ms..=1 s).
+        let tick = (after / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let mut next_check = std::time::Instant::now() + tick;
+        loop {
+            let wait = next_check.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(d) => self.take(d),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if std::time::Instant::now() >= next_check {
+                self.check_silence(now_ms(), after);
+                next_check = std::time::Instant::now() + tick;
+            }
         }
     }
 
+    /// Processes one reading, then acknowledges its message: the sample is in the stream's
+    /// state (or was refused for good), so the broker need not keep it.
+    fn take(&mut self, d: Dispatch) {
+        let ack = d.ack;
+        self.handle_dispatch(d.reading, d.dup);
+        if let (Some(acker), Some(token)) = (&self.ctx.acker, ack) {
+            acker.ack(token);
+        }
+    }
+
+    /// Raises the no-data condition of every stream silent for longer than `after`.
+    fn check_silence(&mut self, now: i64, after: Duration) {
+        let after_ms = after.as_millis() as i64;
+        for (key, s) in self.streams.iter_mut() {
+            if !s.silent && now - s.last_arrival_ms > after_ms {
+                s.silent = true;
+                Metrics::inc(&self.ctx.metrics.nodata_raised);
+                tracing::warn!(key = %key, silent_for_ms = now - s.last_arrival_ms, "no data from stream");
+                let msg = NoDataMessage::new(
+                    &self.ctx.node,
+                    key,
+                    true,
+                    s.last_arrival_ms,
+                    now,
+                    after.as_secs(),
+                );
+                send_event(&self.ctx, OutboundEvent::NoData(msg), key);
+            }
+        }
+    }
+
+    #[cfg(test)]
     fn handle(&mut self, r: Reading) {
+        self.handle_dispatch(r, false);
+    }
+
+    fn handle_dispatch(&mut self, r: Reading, dup: bool) {
         if !self.streams.contains_key(&r.key) && !self.open_stream(&r) {
             return;
         }
@@ -166,10 +278,29 @@ impl Worker {
             Metrics::inc(&m.payload_errors);
             return;
         };
+        let now = now_ms();
+        stream.last_arrival_ms = now;
+        if stream.silent {
+            stream.silent = false;
+            Metrics::inc(&m.nodata_cleared);
+            tracing::info!(key = %r.key, "data from stream again");
+            if let Some(after) = self.ctx.no_data_after {
+                let msg =
+                    NoDataMessage::new(&self.ctx.node, &r.key, false, now, now, after.as_secs());
+                send_event(&self.ctx, OutboundEvent::NoData(msg), &r.key);
+            }
+        }
+        let last_ts = stream.pipeline.last_ts();
         let result = stream.pipeline.push(sample);
         match result.outcome {
             PushOutcome::OutOfOrder => {
-                Metrics::inc(&m.out_of_order);
+                // A redelivery (the broker says so, or the very timestamp of the last sample)
+                // is a duplicate the protocol allows; anything else is out of order.
+                if dup || last_ts == Some(r.ts_ms) {
+                    Metrics::inc(&m.duplicates);
+                } else {
+                    Metrics::inc(&m.out_of_order);
+                }
                 return;
             }
             PushOutcome::ChannelMismatch => {
@@ -191,10 +322,7 @@ impl Worker {
         let channel = &stream.channel_names[d.channel];
         let msg = AnomalyMessage::new(&self.ctx.node, &r.key, detector, channel, &d);
         tracing::info!(key = %r.key, seq = d.seq, window_start = %msg.window_start, likelihood = d.likelihood, channel = %channel, "anomaly");
-        if self.ctx.events.try_send(msg).is_err() {
-            Metrics::inc(&m.dropped_events);
-            tracing::warn!(key = %r.key, seq = d.seq, "output queue full, anomaly event dropped");
-        }
+        send_event(&self.ctx, OutboundEvent::Anomaly(msg), &r.key);
     }
 
     /// Creates the stream for a new key, unless `max_streams` are already tracked.
@@ -232,9 +360,19 @@ impl Worker {
                 channel_names: r.channels.iter().map(|(n, _)| n.clone()).collect(),
                 values: vec![0.0; channels],
                 pipeline,
+                last_arrival_ms: now_ms(),
+                silent: false,
             },
         );
         true
+    }
+}
+
+/// Hands an event to the publisher; a full output queue drops it (counted).
+fn send_event(ctx: &WorkerContext, event: OutboundEvent, key: &str) {
+    if ctx.events.try_send(event).is_err() {
+        Metrics::inc(&ctx.metrics.dropped_events);
+        tracing::warn!(key = %key, "output queue full, event dropped");
     }
 }
 
@@ -262,7 +400,7 @@ mod tests {
     use super::*;
     use sparsewatch_dsp::PipelineParams;
 
-    fn ctx(max_streams: usize) -> (WorkerContext, mpsc::Receiver<AnomalyMessage>) {
+    fn ctx(max_streams: usize) -> (WorkerContext, mpsc::Receiver<OutboundEvent>) {
         let (tx, rx) = mpsc::channel(16);
         let ctx = WorkerContext {
             node: "n".into(),
@@ -272,6 +410,8 @@ mod tests {
             events: tx,
             codes: None,
             stream_count: Arc::new(AtomicUsize::new(0)),
+            acker: None,
+            no_data_after: None,
         };
         (ctx, rx)
     }
@@ -369,14 +509,82 @@ mod tests {
         let (c, _rx) = ctx(10);
         let metrics = c.metrics.clone();
         // A worker pool whose thread we keep busy is racy; use the channel directly instead.
-        let (tx, _keep) = bounded::<Reading>(1);
+        let (tx, _keep) = bounded::<Dispatch>(2);
         let workers = Workers {
             senders: vec![tx],
             handles: vec![],
             metrics,
+            acker: None,
         };
-        workers.dispatch(reading("k", 0, 0.0));
-        workers.dispatch(reading("k", 1, 0.0));
+        assert!(workers.has_room("k"));
+        assert!(workers
+            .try_dispatch(Dispatch::plain(reading("k", 0, 0.0)))
+            .is_ok());
+        assert!(workers.has_room("k"), "half full still has room");
+        assert!(workers
+            .try_dispatch(Dispatch::plain(reading("k", 1, 0.0)))
+            .is_ok());
+        assert!(!workers.has_room("k"));
+        let back = workers
+            .try_dispatch(Dispatch::plain(reading("k", 2, 0.0)))
+            .expect_err("full: handed back");
+        assert_eq!(back.reading.ts_ms, 2);
+        assert_eq!(
+            c.metrics.snapshot().dropped_samples,
+            0,
+            "holding drops nothing"
+        );
+        workers.shed(back);
         assert_eq!(c.metrics.snapshot().dropped_samples, 1);
+    }
+
+    #[test]
+    fn redeliveries_are_duplicates_not_samples() {
+        let (c, _rx) = ctx(10);
+        let metrics = c.metrics.clone();
+        let mut w = Worker::new(c);
+        for t in 0..10 {
+            w.handle(reading("k", t, t as f64));
+        }
+        w.handle(reading("k", 9, 9.0)); // the last sample again
+        w.handle_dispatch(reading("k", 4, 4.0), true); // an older one the broker marked DUP
+        w.handle(reading("k", 3, 3.0)); // older, not marked: out of order
+        w.handle_dispatch(reading("k", 10, 10.0), true); // DUP but new to us: a sample
+        let s = metrics.snapshot();
+        assert_eq!((s.samples, s.duplicates, s.out_of_order), (11, 2, 1));
+    }
+
+    #[test]
+    fn a_silent_stream_raises_no_data_once_and_clears_on_data() {
+        let (mut c, mut rx) = ctx(10);
+        c.no_data_after = Some(Duration::from_secs(5));
+        let metrics = c.metrics.clone();
+        let mut w = Worker::new(c);
+        w.handle(reading("quiet", 0, 0.0));
+        w.handle(reading("busy", 0, 0.0));
+        let t0 = w.streams["quiet"].last_arrival_ms;
+        w.streams.get_mut("busy").unwrap().last_arrival_ms = t0 + 4_000;
+        w.check_silence(t0 + 5_000, Duration::from_secs(5));
+        assert!(rx.try_recv().is_err(), "not silent for longer than 5 s yet");
+        w.check_silence(t0 + 5_001, Duration::from_secs(5));
+        w.check_silence(t0 + 6_000, Duration::from_secs(5));
+        let Ok(OutboundEvent::NoData(m)) = rx.try_recv() else {
+            panic!("a no-data event")
+        };
+        assert_eq!(
+            (m.key.as_str(), m.active, m.last_data_ms),
+            ("quiet", true, t0)
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "raised once, and only for the silent stream"
+        );
+        w.handle(reading("quiet", 1, 1.0));
+        let Ok(OutboundEvent::NoData(m)) = rx.try_recv() else {
+            panic!("a cleared no-data event")
+        };
+        assert_eq!((m.key.as_str(), m.active), ("quiet", false));
+        let s = metrics.snapshot();
+        assert_eq!((s.nodata_raised, s.nodata_cleared), (1, 1));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Each [`Mosquitto`] is its own process with its own config in a temporary folder; it is
 //! killed when dropped. The config promises no silent loss (`max_queued_messages 0`), keeps
-//! nothing on disk, and writes no pid file (which makes a root-started Mosquitto exit after it
+//! nothing on disk unless asked ([`BrokerOptions::persistence`]), and writes no pid file (which makes a root-started Mosquitto exit after it
 //! drops to its own user).
 
 use std::net::{TcpListener, TcpStream};
@@ -14,9 +14,23 @@ use anyhow::{bail, Context, Result};
 
 /// A running Mosquitto, killed on drop.
 pub struct Mosquitto {
-    child: Child,
+    child: Option<Child>,
     port: u16,
-    _dir: tempfile::TempDir,
+    exe: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// Broker settings beyond the defaults of [`Mosquitto::start`].
+#[derive(Clone, Debug, Default)]
+pub struct BrokerOptions {
+    /// `persistence true` with a `persistence_location` in the broker's temporary folder: the
+    /// broker saves sessions, subscriptions and queued QoS 1 messages when it stops (SIGTERM)
+    /// and loads them when it starts again ([`Mosquitto::restart`]).
+    pub persistence: bool,
+    /// Mosquitto's `max_inflight_messages` (0 = unlimited, the harness default).
+    pub max_inflight: u32,
+    /// Mosquitto's `max_queued_messages` (0 = unlimited, the harness default).
+    pub max_queued: u32,
 }
 
 impl Mosquitto {
@@ -25,13 +39,18 @@ impl Mosquitto {
     /// # Panics
     /// When Mosquitto is not installed: the e2e tests require it and say how to install it.
     pub fn start() -> Result<Self> {
+        Self::start_with(&BrokerOptions::default())
+    }
+
+    /// As [`Mosquitto::start`], with `options`.
+    pub fn start_with(options: &BrokerOptions) -> Result<Self> {
         let exe = mosquitto_path().unwrap_or_else(|| {
             panic!("Mosquitto is required for the e2e tests: apt-get install -y mosquitto")
         });
         // Another process can take the port between our probe and Mosquitto's bind: retry.
         let mut last_err = None;
         for _ in 0..5 {
-            match Self::try_start(&exe) {
+            match Self::try_start(&exe, options) {
                 Ok(m) => return Ok(m),
                 Err(e) => last_err = Some(e),
             }
@@ -39,65 +58,129 @@ impl Mosquitto {
         Err(last_err.expect("at least one attempt"))
     }
 
+    /// Stops the broker with `signal` (SIGTERM: Mosquitto saves its persistence file first;
+    /// SIGKILL: it cannot) and waits for it to exit.
+    pub fn stop(&mut self, signal: libc::c_int) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            if unsafe { libc::kill(pid, signal) } == -1 {
+                bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+            }
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same port with the same configuration (and, with
+    /// persistence, the state it saved), after [`Mosquitto::stop`].
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop(libc::SIGKILL)?;
+        let conf = self.dir.path().join("mosquitto.conf");
+        let deadline = Instant::now() + crate::TIMEOUT;
+        loop {
+            let log = self.dir.path().join("mosquitto.log");
+            let child = spawn_broker(&self.exe, &conf, &log)?;
+            match wait_ready(
+                child,
+                self.port,
+                &log,
+                Instant::now() + Duration::from_secs(5),
+            ) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                // The old listener's port may not be free again yet.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The broker's TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    fn try_start(exe: &Path) -> Result<Self> {
+    fn try_start(exe: &Path, options: &BrokerOptions) -> Result<Self> {
         let port = free_port()?;
         let dir = tempfile::tempdir()?;
         let conf = dir.path().join("mosquitto.conf");
         let log = dir.path().join("mosquitto.log");
+        let persistence = if options.persistence {
+            format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 0\n",
+                dir.path().display()
+            )
+        } else {
+            "persistence false\n".to_string()
+        };
         std::fs::write(
             &conf,
             format!(
                 "listener {port} 127.0.0.1\n\
                  allow_anonymous true\n\
-                 max_queued_messages 0\n\
-                 max_inflight_messages 0\n\
-                 persistence false\n\
+                 max_queued_messages {}\n\
+                 max_inflight_messages {}\n\
+                 {persistence}\
                  log_dest stderr\n\
                  log_type error\n\
-                 log_type warning\n"
+                 log_type warning\n",
+                options.max_queued, options.max_inflight
             ),
         )?;
-        let mut child = crate::daemon::spawn_with_parent_death(
-            Command::new(exe)
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?),
-        )
-        .with_context(|| format!("starting {}", exe.display()))?;
-        let deadline = Instant::now() + crate::TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                let err = std::fs::read_to_string(&log).unwrap_or_default();
-                bail!("mosquitto exited at start ({status}): {err}");
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Mosquitto {
-                    child,
-                    port,
-                    _dir: dir,
-                });
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("mosquitto did not accept connections on port {port} within the timeout");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = spawn_broker(exe, &conf, &log)?;
+        let child = wait_ready(child, port, &log, Instant::now() + crate::TIMEOUT)?;
+        Ok(Mosquitto {
+            child: Some(child),
+            port,
+            exe: exe.to_path_buf(),
+            dir,
+        })
+    }
+}
+
+fn spawn_broker(exe: &Path, conf: &Path, log: &Path) -> Result<Child> {
+    crate::daemon::spawn_with_parent_death(
+        Command::new(exe)
+            .arg("-c")
+            .arg(conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?),
+    )
+    .with_context(|| format!("starting {}", exe.display()))
+}
+
+/// Waits until the broker accepts TCP connections on `port`.
+fn wait_ready(mut child: Child, port: u16, log: &Path, deadline: Instant) -> Result<Child> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let err = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("mosquitto exited at start ({status}): {err}");
         }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(child);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("mosquitto did not accept connections on port {port} within the timeout");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

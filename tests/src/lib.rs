@@ -20,7 +20,7 @@ pub mod broker;
 pub mod daemon;
 pub mod mqtt;
 
-pub use broker::Mosquitto;
+pub use broker::{BrokerOptions, Mosquitto};
 pub use daemon::{daemon_binary, Daemon, Process, Summary, TestConfig};
 pub use mqtt::{read_retained, Message, TestClient};
 

@@ -27,6 +27,7 @@ pub struct Settings {
     pub workers: WorkerSettings,
     pub output: OutputSettings,
     pub log: LogSettings,
+    pub streams: StreamSettings,
     pub pipeline: PipelineParams,
 }
 
@@ -49,6 +50,22 @@ pub struct MqttSettings {
     pub reconnect_max_ms: u64,
     pub max_payload_bytes: usize,
     pub request_queue: usize,
+    /// Keep the session (subscriptions and unacknowledged QoS 1 messages) at the broker
+    /// across reconnects and restarts (MQTT clean session off).
+    pub persistent_session: bool,
+    /// What happens to a message whose worker queue is full.
+    pub overload: OverloadPolicy,
+}
+
+/// What the ingest does with a message when its worker's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverloadPolicy {
+    /// Stop reading from the broker until the worker has room; the message is neither dropped
+    /// nor acknowledged, so the broker holds everything behind it.
+    Hold,
+    /// Drop the message, count it (`dropped_samples`) and acknowledge it anyway.
+    Shed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,7 +87,31 @@ pub struct WorkerSettings {
 #[serde(deny_unknown_fields)]
 pub struct OutputSettings {
     pub queue_capacity: usize,
+    pub buffer: BufferSettings,
     pub codes: CodeOutputSettings,
+}
+
+/// The outbox: anomaly and no-data events kept until the broker acknowledges them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferSettings {
+    /// Events held at most; when full, new events are dropped and counted.
+    pub capacity: usize,
+    /// Append-only spool file; empty keeps the outbox in memory only.
+    pub file: String,
+    /// Size the spool file may reach before it is compacted.
+    pub max_file_bytes: u64,
+    /// fsync the spool file after every record.
+    pub fsync: bool,
+}
+
+/// Per-stream supervision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// A stream that received data and then none for this long raises a no-data condition
+    /// (0 = off).
+    pub no_data_after_secs: u64,
 }
 
 /// Publishing each window's sparse code on `<prefix>/<node>/code/<key>`.
@@ -255,6 +296,30 @@ pub fn validate(settings: Settings) -> Result<ValidSettings, ConfigError> {
     check_count("workers.max_streams", s.workers.max_streams, 1, 1 << 24)?;
     check_count("output.queue_capacity", s.output.queue_capacity, 1, 1 << 24)?;
     check_count(
+        "output.buffer.capacity",
+        s.output.buffer.capacity,
+        1,
+        1 << 20,
+    )?;
+    if !(4096..=1 << 34).contains(&s.output.buffer.max_file_bytes) {
+        return Err(invalid(
+            "output.buffer.max_file_bytes",
+            format!(
+                "must be in 4096..=17179869184, got {}",
+                s.output.buffer.max_file_bytes
+            ),
+        ));
+    }
+    if s.streams.no_data_after_secs > 7 * 24 * 3600 {
+        return Err(invalid(
+            "streams.no_data_after_secs",
+            format!(
+                "must be in 0..=604800, got {}",
+                s.streams.no_data_after_secs
+            ),
+        ));
+    }
+    check_count(
         "output.codes.queue_capacity",
         s.output.codes.queue_capacity,
         1,
@@ -380,6 +445,16 @@ mod tests {
             ("[log]\nlevel = \"=[\"\n", "log.level"),
             ("[output.codes]\nevery = 0\n", "output.codes.every"),
             ("[output.codes]\nformat = \"xml\"\n", "xml"),
+            ("[mqtt]\noverload = \"drop\"\n", "drop"),
+            (
+                "[output.buffer]\nmax_file_bytes = 10\n",
+                "output.buffer.max_file_bytes",
+            ),
+            ("[output.buffer]\ncapacity = 0\n", "output.buffer.capacity"),
+            (
+                "[streams]\nno_data_after_secs = 99999999\n",
+                "streams.no_data_after_secs",
+            ),
         ];
         for (text, key) in cases {
             let err = load_with_env(Source::Text(text), no_env()).unwrap_err();

@@ -1,24 +1,47 @@
 //! The MQTT side: connection options (with the Last Will), the ingest task that polls the
-//! rumqttc event loop and hands readings to the workers, and the publisher task.
+//! rumqttc event loop and hands readings to the workers, the acknowledgement path back from
+//! the workers, and the publisher task with its outbox.
 //!
-//! The ingest task is the only place that polls the event loop; it never awaits anything but
-//! `poll` and the reconnect backoff, and it never blocks (dispatch is a `try_send`).
+//! The ingest task is the only place that polls the event loop. It awaits nothing but `poll`,
+//! the reconnect backoff and, under the "hold" overload policy, a worker queue with room.
+//!
+//! ## Acknowledgements (at-least-once ingest)
+//!
+//! With a persistent session the client acknowledges QoS 1 messages itself (rumqttc manual
+//! acks). A message is acknowledged by the worker that owns its key, after it has taken the
+//! sample into the stream's state (or refused it for good): [`Acker::ack`] queues the PUBACK
+//! with `try_ack`, which also wakes the event loop. If the client's request queue is full the
+//! token goes to a bounded overflow channel that the ingest task drains after every poll.
+//! An acknowledgement is only valid on the connection that delivered the message: each token
+//! carries the connection's epoch, and when a connection fails the ingest bumps the epoch under
+//! the acker's lock and clears the client's queue of PUBACKs, so no PUBACK of a dead connection
+//! can ever reach a new session (where its packet id may name another message). The broker
+//! redelivers what was not acknowledged, and the worker counts what it had already taken as a
+//! `duplicate`.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use crossbeam_channel::{Receiver, Sender};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+};
 use tokio::sync::{mpsc, Notify};
 
-use crate::config::{CodeFormat, ValidSettings};
+use crate::config::{CodeFormat, OverloadPolicy, ValidSettings};
 use crate::metrics::{now_ms, LogLimiter, Metrics};
-use crate::wire::{decode_payload, AnomalyMessage, CodeMessage, Reading, StatusMessage};
-use crate::worker::Workers;
+use crate::outbox::Outbox;
+use crate::wire::{decode_payload, CodeMessage, OutboundEvent, Reading, StatusMessage};
+use crate::worker::{Dispatch, Workers};
 
 /// Room above `max_payload_bytes` for the topic and header, so a payload that is merely too
 /// large for us is refused and counted instead of making rumqttc drop the connection.
 const PACKET_OVERHEAD: usize = 64 * 1024;
+
+/// How often a held ingest looks whether its worker has room again.
+const HOLD_POLL: Duration = Duration::from_millis(1);
 
 pub fn status_topic(v: &ValidSettings) -> String {
     format!("{}/status", v.topic_root())
@@ -40,13 +63,15 @@ fn qos(q: u8) -> QoS {
     }
 }
 
-/// Client options: keep-alive, packet limits, and a retained "offline" Last Will on the
-/// status topic so subscribers learn when the daemon vanishes without a clean stop.
+/// Client options: keep-alive, packet limits, the session kind, manual acknowledgements, and a
+/// retained "offline" Last Will on the status topic so subscribers learn when the daemon
+/// vanishes without a clean stop.
 pub fn options(v: &ValidSettings, started_at_ms: i64) -> MqttOptions {
     let s = &v.settings;
     let mut o = MqttOptions::new(v.client_id(), s.mqtt.host.clone(), s.mqtt.port);
     o.set_keep_alive(Duration::from_secs(s.mqtt.keep_alive_secs));
-    o.set_clean_session(true);
+    o.set_clean_session(!s.mqtt.persistent_session);
+    o.set_manual_acks(manual_acks(v));
     let max_packet = s.mqtt.max_payload_bytes + PACKET_OVERHEAD;
     o.set_max_packet_size(max_packet, max_packet);
     let offline = StatusMessage::new(&s.node.id, false, started_at_ms).to_json();
@@ -57,6 +82,166 @@ pub fn options(v: &ValidSettings, started_at_ms: i64) -> MqttOptions {
         true,
     ));
     o
+}
+
+/// Whether the workers acknowledge messages (QoS 1 subscriptions); at QoS 0 there is nothing
+/// to acknowledge.
+pub fn manual_acks(v: &ValidSettings) -> bool {
+    v.settings.mqtt.qos >= 1
+}
+
+/// One QoS 1 message to acknowledge: its packet id on the connection (`epoch`) that
+/// delivered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    pub epoch: u64,
+    pub pkid: u16,
+}
+
+/// The acknowledgement path from the workers to the broker (see the module docs).
+pub struct Acker {
+    client: AsyncClient,
+    /// The current connection's epoch; held while queueing a PUBACK, so a connection cannot
+    /// be retired half-way through.
+    epoch: Mutex<u64>,
+    overflow: Sender<AckToken>,
+    metrics: Arc<Metrics>,
+}
+
+impl Acker {
+    /// The acker and the receiving end of its overflow channel (for the ingest task).
+    /// `overflow_capacity` must cover every message that can be unacknowledged at once (see
+    /// ARCHITECTURE.md); a token that does not fit is counted as stale and the message is
+    /// redelivered after the next reconnect.
+    pub fn new(
+        client: AsyncClient,
+        overflow_capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, Receiver<AckToken>) {
+        let (tx, rx) = crossbeam_channel::bounded(overflow_capacity);
+        let acker = Arc::new(Self {
+            client,
+            epoch: Mutex::new(0),
+            overflow: tx,
+            metrics,
+        });
+        (acker, rx)
+    }
+
+    /// The epoch of the connection that is up (or was last up).
+    pub fn epoch(&self) -> u64 {
+        *self.epoch.lock().expect("epoch lock")
+    }
+
+    /// Queues the PUBACK for `token`; never blocks.
+    pub fn ack(&self, token: AckToken) {
+        if !self.try_ack(token) && self.overflow.try_send(token).is_err() {
+            Metrics::inc(&self.metrics.stale_acks);
+        }
+    }
+
+    /// Queues the PUBACK if the request queue has room; true when done (or not owed any more:
+    /// the connection is gone).
+    fn try_ack(&self, token: AckToken) -> bool {
+        let epoch = self.epoch.lock().expect("epoch lock");
+        if token.epoch != *epoch {
+            Metrics::inc(&self.metrics.stale_acks);
+            return true;
+        }
+        let mut p = Publish::new("", QoS::AtLeastOnce, Vec::<u8>::new());
+        p.pkid = token.pkid;
+        match self.client.try_ack(&p) {
+            Ok(()) => {
+                Metrics::inc(&self.metrics.acks);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Retires the connection that just failed: later tokens of it are stale, and PUBACKs of
+    /// it still queued in the client are removed (`EventLoop::clean` drops queued PUBACKs and
+    /// keeps everything else, in order).
+    fn retire_connection(&self, eventloop: &mut EventLoop) {
+        let mut epoch = self.epoch.lock().expect("epoch lock");
+        *epoch += 1;
+        eventloop.clean();
+    }
+}
+
+/// What the publisher needs to know about the connection, shared with the ingest task: which
+/// connection is up, and the fate of the one QoS 1 publish it has outstanding.
+#[derive(Default)]
+pub struct Link {
+    state: Mutex<LinkState>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct LinkState {
+    connected: bool,
+    /// Connections established so far (the current one's number while connected).
+    connection: u64,
+    /// Whether the broker resumed the session on the current connection.
+    session_present: bool,
+    track: Track,
+}
+
+/// The publisher's one outstanding QoS 1 publish. The publisher is the only source of QoS 1
+/// publishes while it runs and sends one at a time, so the next `Outgoing::Publish` with a
+/// packet id is it, and the PUBACK with that id confirms it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Track {
+    #[default]
+    Idle,
+    Queued,
+    Sent(u16),
+    Acked,
+}
+
+impl Link {
+    fn update(&self, f: impl FnOnce(&mut LinkState)) {
+        f(&mut self.state.lock().expect("link lock"));
+        self.changed.notify_waiters();
+    }
+
+    fn on_connect(&self, session_present: bool) {
+        self.update(|s| {
+            s.connected = true;
+            s.connection += 1;
+            s.session_present = session_present;
+        });
+    }
+
+    fn on_disconnect(&self) {
+        self.update(|s| s.connected = false);
+    }
+
+    fn on_sent(&self, pkid: u16) {
+        self.update(|s| {
+            if matches!(s.track, Track::Queued | Track::Sent(_)) {
+                s.track = Track::Sent(pkid);
+            }
+        });
+    }
+
+    fn on_puback(&self, pkid: u16) {
+        self.update(|s| {
+            if s.track == Track::Sent(pkid) {
+                s.track = Track::Acked;
+            }
+        });
+    }
+
+    fn snapshot(&self) -> LinkState {
+        *self.state.lock().expect("link lock")
+    }
+
+    /// The connection that is up, if any.
+    pub fn current(&self) -> Option<u64> {
+        let s = self.snapshot();
+        s.connected.then_some(s.connection)
+    }
 }
 
 /// State shared between the ingest task and `run`.
@@ -72,6 +257,10 @@ pub struct Ingest {
     pub connected: Arc<AtomicBool>,
     pub wake: Notify,
     pub started_at_ms: i64,
+    pub acker: Arc<Acker>,
+    /// Acknowledgements the client's request queue had no room for.
+    pub ack_overflow: Receiver<AckToken>,
+    pub link: Arc<Link>,
 }
 
 static TOPIC_LOG: LogLimiter = LogLimiter::new(10_000);
@@ -80,28 +269,61 @@ static PAYLOAD_LOG: LogLimiter = LogLimiter::new(10_000);
 impl Ingest {
     /// Polls the event loop until the clean disconnect has gone out (or, once stopping, the
     /// connection fails). Reconnects with capped exponential backoff and resubscribes on
-    /// every new connection (clean sessions do not keep subscriptions).
+    /// every new connection (a resumed session keeps the subscriptions, but the broker may
+    /// have lost them, and subscribing again is harmless).
     pub async fn drive(self: Arc<Self>, client: AsyncClient, mut eventloop: EventLoop) {
         let mqtt = &self.settings.settings.mqtt;
         let mut backoff = Duration::from_millis(mqtt.reconnect_min_ms);
         let max_backoff = Duration::from_millis(mqtt.reconnect_max_ms);
+        let mut backlog: VecDeque<AckToken> = VecDeque::new();
+        let mut lost_at: Option<Instant> = None;
+        let mut held: Option<Dispatch> = None;
+        let mut disconnect_sent = false;
         loop {
+            if let Some(d) = held.take() {
+                self.hold(d, &mut backlog).await;
+            }
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(mqtt.reconnect_min_ms);
+                    let first = self.metrics.connections.load(Ordering::Relaxed) == 0;
                     Metrics::inc(&self.metrics.connections);
+                    Metrics::set(&self.metrics.broker_connected, 1);
                     self.connected.store(true, Ordering::Relaxed);
-                    tracing::info!(host = %mqtt.host, port = mqtt.port, "connected to broker");
+                    if let Some(t) = lost_at.take() {
+                        let ms = t.elapsed().as_millis() as u64;
+                        Metrics::add(&self.metrics.outage_ms, ms);
+                        tracing::info!(host = %mqtt.host, port = mqtt.port, outage_ms = ms, session_present = ack.session_present, "reconnected to broker");
+                    } else {
+                        tracing::info!(host = %mqtt.host, port = mqtt.port, session_present = ack.session_present, "connected to broker");
+                    }
+                    if !first {
+                        Metrics::inc(&self.metrics.reconnects);
+                    }
+                    self.link.on_connect(ack.session_present);
                     self.on_connect(&client);
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(&p.topic, &p.payload),
+                Ok(Event::Incoming(Packet::Publish(p))) => held = self.on_publish(p),
+                Ok(Event::Incoming(Packet::PubAck(a))) => self.link.on_puback(a.pkid),
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                    self.link.on_sent(pkid)
+                }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                     tracing::debug!("disconnect sent");
                     break;
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.connected.store(false, Ordering::Relaxed);
+                    self.acker.retire_connection(&mut eventloop);
+                    backlog.clear();
+                    while self.ack_overflow.try_recv().is_ok() {
+                        Metrics::inc(&self.metrics.stale_acks);
+                    }
+                    if self.connected.swap(false, Ordering::Relaxed) {
+                        lost_at = Some(Instant::now());
+                        Metrics::set(&self.metrics.broker_connected, 0);
+                        self.link.on_disconnect();
+                    }
                     if self.stopping.load(Ordering::Relaxed) {
                         break;
                     }
@@ -115,15 +337,72 @@ impl Ingest {
                         break;
                     }
                     backoff = (backoff * 2).min(max_backoff);
+                    continue;
                 }
             }
+            self.flush_acks(&mut backlog);
+            // A clean stop: every acknowledgement the workers made goes out before the
+            // DISCONNECT (they share the client's queue, in order).
+            if self.stopping.load(Ordering::Relaxed)
+                && !disconnect_sent
+                && backlog.is_empty()
+                && self.ack_overflow.is_empty()
+            {
+                disconnect_sent = client.try_disconnect().is_ok();
+            }
+        }
+        Metrics::set(&self.metrics.broker_connected, 0);
+    }
+
+    /// Asks the ingest task to disconnect once the acknowledgements are out.
+    pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Queues the acknowledgements the request queue had no room for, oldest first, until it
+    /// is full again.
+    fn flush_acks(&self, backlog: &mut VecDeque<AckToken>) {
+        backlog.extend(self.ack_overflow.try_iter());
+        while let Some(&t) = backlog.front() {
+            if !self.acker.try_ack(t) {
+                break;
+            }
+            backlog.pop_front();
         }
     }
 
-    /// Subscribes and publishes the retained "online" status on a new connection. Both are
-    /// awaited in a task of their own: the request queue may still be full of what piled up
-    /// during an outage, and only this loop's polling drains it, so awaiting here would
-    /// deadlock and `try_` calls could silently leave the daemon connected but deaf.
+    /// Overload policy "hold": stops reading from the broker until the worker that owns `d`
+    /// has room again (its queue at most half full), then hands it over. The acknowledgement
+    /// path does not need this task's polling to make progress: workers keep acknowledging
+    /// into the client's queue or the overflow channel, which is bounded by the messages
+    /// taken (see ARCHITECTURE.md), and their PUBACKs leave when polling resumes.
+    async fn hold(&self, mut d: Dispatch, backlog: &mut VecDeque<AckToken>) {
+        Metrics::inc(&self.metrics.ingest_holds);
+        loop {
+            {
+                let guard = self.workers.lock().expect("workers lock");
+                let Some(workers) = guard.as_ref() else {
+                    // Stopping: not taken, not acknowledged; the broker keeps it.
+                    Metrics::inc(&self.metrics.left_at_broker);
+                    return;
+                };
+                if workers.has_room(&d.reading.key) {
+                    match workers.try_dispatch(d) {
+                        Ok(()) => return,
+                        Err(back) => d = back,
+                    }
+                }
+            }
+            backlog.extend(self.ack_overflow.try_iter());
+            tokio::time::sleep(HOLD_POLL).await;
+        }
+    }
+
+    /// Subscribes on a new connection, in a task of its own: the request queue may still be
+    /// full of what piled up during an outage, and only this loop's polling drains it, so
+    /// awaiting here would deadlock and `try_` calls could silently leave the daemon
+    /// connected but deaf. The publisher then publishes the retained "online" status.
     fn on_connect(&self, client: &AsyncClient) {
         let s = &self.settings.settings;
         let filters: Vec<_> = s
@@ -132,81 +411,194 @@ impl Ingest {
             .iter()
             .map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos(s.mqtt.qos)))
             .collect();
-        let online = StatusMessage::new(&s.node.id, true, self.started_at_ms).to_json();
-        let topic = status_topic(&self.settings);
         let client = client.clone();
         tokio::spawn(async move {
             if let Err(e) = client.subscribe_many(filters).await {
                 tracing::error!(error = %e, "could not subscribe");
             }
-            if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, online).await {
-                tracing::error!(error = %e, "could not publish the online status");
-            }
         });
     }
 
-    fn on_publish(&self, topic: &str, payload: &[u8]) {
+    /// Decodes one PUBLISH and hands it to its worker. Returns the reading when its worker
+    /// has no room and the policy is "hold".
+    fn on_publish(&self, p: Publish) -> Option<Dispatch> {
         let m = &self.metrics;
         Metrics::inc(&m.messages);
+        let token = (p.qos != QoS::AtMostOnce && manual_acks(&self.settings)).then(|| AckToken {
+            epoch: self.acker.epoch(),
+            pkid: p.pkid,
+        });
         let now = now_ms();
-        let Some(key) = self.settings.template.key(topic) else {
+        let Some(key) = self.settings.template.key(&p.topic) else {
             Metrics::inc(&m.unknown_topics);
             if let Some(held) = TOPIC_LOG.allow(now) {
-                tracing::warn!(topic, template = %self.settings.settings.topics.template, suppressed = held, "topic does not match the template; skipped");
+                tracing::warn!(topic = %p.topic, template = %self.settings.settings.topics.template, suppressed = held, "topic does not match the template; skipped");
             }
-            return;
+            self.ack_now(token);
+            return None;
         };
         let max = self.settings.settings.mqtt.max_payload_bytes;
-        let (ts_ms, channels) = match decode_payload(payload, now, max) {
+        let (ts_ms, channels) = match decode_payload(&p.payload, now, max) {
             Ok(v) => v,
             Err(e) => {
                 Metrics::inc(&m.payload_errors);
                 if let Some(held) = PAYLOAD_LOG.allow(now) {
-                    tracing::warn!(topic, error = %e, suppressed = held, "bad payload; skipped");
+                    tracing::warn!(topic = %p.topic, error = %e, suppressed = held, "bad payload; skipped");
                 }
-                return;
+                self.ack_now(token);
+                return None;
             }
         };
-        let guard = self.workers.lock().expect("workers lock");
-        match guard.as_ref() {
-            Some(workers) => workers.dispatch(Reading {
+        let d = Dispatch {
+            reading: Reading {
                 key,
                 ts_ms,
                 channels,
-            }),
-            // Stopping: the workers are draining and take nothing new.
-            None => Metrics::inc(&m.dropped_samples),
+            },
+            dup: p.dup,
+            ack: token,
+        };
+        let guard = self.workers.lock().expect("workers lock");
+        let Some(workers) = guard.as_ref() else {
+            // Stopping: the workers are draining and take nothing new. Unacknowledged, a QoS 1
+            // message stays with the broker for the next run; a QoS 0 one is lost.
+            if token.is_some() {
+                Metrics::inc(&m.left_at_broker);
+            } else {
+                Metrics::inc(&m.dropped_samples);
+            }
+            return None;
+        };
+        match workers.try_dispatch(d) {
+            Ok(()) => None,
+            Err(d) => match self.settings.settings.mqtt.overload {
+                // Nothing to hold a QoS 0 message for: the broker would not keep it.
+                OverloadPolicy::Hold if token.is_some() => Some(d),
+                _ => {
+                    workers.shed(d);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Acknowledges a message that will never be taken (bad topic or payload): keeping it at
+    /// the broker would only have it redelivered.
+    fn ack_now(&self, token: Option<AckToken>) {
+        if let Some(t) = token {
+            self.acker.ack(t);
         }
     }
 }
 
-/// Publishes what the workers send until every sender is gone: anomaly events first (QoS 1,
-/// awaited), codes when no event is waiting (QoS 0, `try_publish`, rate-limited, shed first).
+/// Publishes what the workers send until every sender is gone and the outbox is delivered (or
+/// the stop grace ends): events (anomalies, no-data conditions) first, through the outbox,
+/// each kept until its PUBACK; the retained "online" status first on every connection; codes
+/// when no event is waiting (QoS 0, `try_publish`, rate-limited, shed first).
+#[allow(clippy::too_many_arguments)]
 pub async fn publish_outbound(
     settings: ValidSettings,
     client: AsyncClient,
-    mut anomalies: mpsc::Receiver<AnomalyMessage>,
+    mut events: mpsc::Receiver<OutboundEvent>,
     mut codes: Option<mpsc::Receiver<CodeMessage>>,
     connected: Arc<AtomicBool>,
+    link: Arc<Link>,
+    mut outbox: Outbox,
     metrics: Arc<Metrics>,
+    started_at_ms: i64,
+    stop_grace: Duration,
 ) {
     let code_settings = &settings.settings.output.codes;
     let mut bucket = TokenBucket::new(code_settings.max_per_sec);
+    let node = settings.settings.node.id.clone();
+    let online = StatusMessage::new(&node, true, started_at_ms).to_json();
+    let mut status_on: Option<u64> = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let spooled = !settings.settings.output.buffer.file.is_empty();
+    Metrics::set(&metrics.events_buffered, outbox.len() as u64);
     loop {
+        // Registered before the link is looked at, so no change in between is missed.
+        let changed = link.changed.notified();
+        while let Ok(ev) = events.try_recv() {
+            enqueue(&mut outbox, ev, link.current(), &metrics);
+        }
+        let now_conn = link.current();
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break;
+        }
+        if let Some(conn) = now_conn {
+            if status_on != Some(conn) {
+                let topic = status_topic(&settings);
+                if publish_tracked(
+                    &client,
+                    &link,
+                    topic,
+                    true,
+                    online.clone(),
+                    deadline,
+                    &mut events,
+                    &mut outbox,
+                    &metrics,
+                )
+                .await
+                {
+                    status_on = Some(conn);
+                }
+                continue;
+            }
+            if let Some(entry) = outbox.front_mut() {
+                let late = entry.connection != Some(conn);
+                if late {
+                    entry.event.set_delayed(true);
+                }
+                let topic = format!("{}/{}", settings.topic_root(), entry.event.subtopic());
+                let retain = entry.event.retain();
+                let body = entry.event.payload();
+                if publish_tracked(
+                    &client,
+                    &link,
+                    topic,
+                    retain,
+                    body,
+                    deadline,
+                    &mut events,
+                    &mut outbox,
+                    &metrics,
+                )
+                .await
+                {
+                    if let Ok(Some(done)) = outbox.pop_front().map_err(|e| {
+                        tracing::error!(error = %e, "cannot record a delivered event in the spool file");
+                    }) {
+                        Metrics::inc(&metrics.events_published);
+                        if done.event.delayed() {
+                            Metrics::inc(&metrics.events_delayed);
+                        }
+                    }
+                    Metrics::set(&metrics.events_buffered, outbox.len() as u64);
+                } else if let Some(entry) = outbox.front_mut() {
+                    // Not acknowledged on this connection: it goes out again, late.
+                    entry.event.set_delayed(true);
+                }
+                continue;
+            }
+        }
+        if events.is_closed() && events.is_empty() {
+            if outbox.is_empty() {
+                break;
+            }
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + stop_grace);
+        }
+        let sleep_until =
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             biased;
-            msg = anomalies.recv() => {
-                let Some(msg) = msg else { break };
-                let topic = anomaly_topic(&settings, &msg.key);
-                let body = serde_json::to_vec(&msg).expect("anomaly message serialises");
-                match client.publish(topic, QoS::AtLeastOnce, false, body).await {
-                    Ok(()) => Metrics::inc(&metrics.events_published),
-                    Err(e) => {
-                        Metrics::inc(&metrics.dropped_events);
-                        tracing::error!(error = %e, key = %msg.key, "could not publish anomaly event");
-                    }
+            ev = events.recv(), if !events.is_closed() || !events.is_empty() => {
+                if let Some(ev) = ev {
+                    enqueue(&mut outbox, ev, link.current(), &metrics);
                 }
             }
+            _ = changed => {}
             code = recv_code(&mut codes) => {
                 let Some(code) = code else {
                     codes = None;
@@ -218,12 +610,123 @@ pub async fn publish_outbound(
                 }
                 try_publish_code(&client, &settings, &code, &metrics);
             }
+            _ = tokio::time::sleep_until(sleep_until) => {}
         }
     }
     // The workers are gone; publish the codes they left behind (bounded by the queue).
     if let Some(rx) = codes.as_mut() {
         while let Ok(code) = rx.try_recv() {
             try_publish_code(&client, &settings, &code, &metrics);
+        }
+    }
+    if !outbox.is_empty() {
+        if spooled {
+            tracing::warn!(
+                events = outbox.len(),
+                "events not delivered before the stop stay in the spool file for the next run"
+            );
+        } else {
+            Metrics::add(&metrics.dropped_events, outbox.len() as u64);
+            tracing::warn!(
+                events = outbox.len(),
+                "events not delivered before the stop are lost (no output.buffer.file)"
+            );
+        }
+    }
+}
+
+/// Puts an event into the outbox; counts what does not fit.
+fn enqueue(outbox: &mut Outbox, ev: OutboundEvent, connection: Option<u64>, metrics: &Metrics) {
+    let key = ev.key().to_string();
+    match outbox.push(ev, connection) {
+        Ok(r) => {
+            if r.refused {
+                Metrics::inc(&metrics.dropped_events);
+                static FULL: LogLimiter = LogLimiter::new(10_000);
+                if let Some(held) = FULL.allow(now_ms()) {
+                    tracing::warn!(key = %key, suppressed = held, "outbox full (output.buffer.capacity), event dropped");
+                }
+            }
+            if r.dropped_oldest > 0 {
+                Metrics::add(&metrics.dropped_events, r.dropped_oldest);
+                tracing::warn!(
+                    dropped = r.dropped_oldest,
+                    "spool file full (output.buffer.max_file_bytes), oldest events dropped"
+                );
+            }
+        }
+        Err(e) => {
+            Metrics::inc(&metrics.dropped_events);
+            tracing::error!(key = %key, error = %e, "cannot write the outbox spool file, event dropped");
+        }
+    }
+    Metrics::set(&metrics.events_buffered, outbox.len() as u64);
+}
+
+/// Publishes at QoS 1 and waits for the broker's PUBACK. False when the connection was lost
+/// and its session with it (the publish is gone; publish it again), or the deadline passed.
+/// If the session survives a reconnection, rumqttc sends the publish again itself and this
+/// keeps waiting for its PUBACK.
+///
+/// While it waits, new events still go into the outbox, so an outage fills the outbox and not
+/// the workers' output queue.
+#[allow(clippy::too_many_arguments)]
+async fn publish_tracked(
+    client: &AsyncClient,
+    link: &Link,
+    topic: String,
+    retain: bool,
+    payload: Vec<u8>,
+    deadline: Option<tokio::time::Instant>,
+    events: &mut mpsc::Receiver<OutboundEvent>,
+    outbox: &mut Outbox,
+    metrics: &Metrics,
+) -> bool {
+    let Some(conn) = link.current() else {
+        return false;
+    };
+    link.update(|s| s.track = Track::Queued);
+    let publish = client.publish(topic, QoS::AtLeastOnce, retain, payload);
+    let sent = match deadline {
+        Some(d) => tokio::time::timeout_at(d, publish).await.ok(),
+        None => Some(publish.await),
+    };
+    if !matches!(sent, Some(Ok(()))) {
+        link.update(|s| s.track = Track::Idle);
+        return false;
+    }
+    let mut conn = conn;
+    loop {
+        let changed = link.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let s = link.snapshot();
+        if s.track == Track::Acked {
+            link.update(|s| s.track = Track::Idle);
+            return true;
+        }
+        if s.connected && s.connection != conn {
+            if !s.session_present {
+                link.update(|s| s.track = Track::Idle);
+                return false;
+            }
+            conn = s.connection;
+        }
+        let until =
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = changed => {}
+            ev = events.recv(), if !events.is_closed() || !events.is_empty() => {
+                if let Some(ev) = ev {
+                    enqueue(outbox, ev, link.current(), metrics);
+                }
+            }
+            _ = tokio::time::sleep_until(until) => {
+                if deadline.is_some() {
+                    link.update(|s| s.track = Track::Idle);
+                    return false;
+                }
+            }
         }
     }
 }

@@ -27,6 +27,15 @@ pub struct AnomalyMessage {
     pub detector: String,
     /// The channel that contributed most.
     pub channel: String,
+    /// True when the event could not be published when it was detected (broker unreachable,
+    /// or left over from a previous run in the spool file) and is delivered late. Absent when
+    /// false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delayed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl AnomalyMessage {
@@ -45,7 +54,108 @@ impl AnomalyMessage {
             threshold: d.threshold,
             detector: detector.to_string(),
             channel: channel.to_string(),
+            delayed: false,
         }
+    }
+}
+
+/// `<prefix>/<node>/nodata/<key>`, QoS 1, retained: a stream that was flowing has received
+/// nothing for `streams.no_data_after_secs` (`active: true`), or has received data again
+/// (`active: false`). A fresh subscriber reads each stream's current condition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoDataMessage {
+    pub schema: u32,
+    pub node: String,
+    pub key: String,
+    /// True while the stream is silent; false once data returned.
+    pub active: bool,
+    /// Wall-clock arrival time of the stream's last sample before the silence.
+    pub last_data_ms: i64,
+    pub last_data: String,
+    /// When the condition was raised (or cleared), wall clock.
+    pub at_ms: i64,
+    pub at: String,
+    /// The configured silence that raises the condition, seconds.
+    pub after_secs: u64,
+    /// As in [`AnomalyMessage::delayed`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delayed: bool,
+}
+
+impl NoDataMessage {
+    pub fn new(
+        node: &str,
+        key: &str,
+        active: bool,
+        last_data_ms: i64,
+        at_ms: i64,
+        after_secs: u64,
+    ) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            node: node.to_string(),
+            key: key.to_string(),
+            active,
+            last_data_ms,
+            last_data: rfc3339(last_data_ms),
+            at_ms,
+            at: rfc3339(at_ms),
+            after_secs,
+            delayed: false,
+        }
+    }
+}
+
+/// An event the outbox keeps until the broker acknowledges it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutboundEvent {
+    Anomaly(AnomalyMessage),
+    NoData(NoDataMessage),
+}
+
+impl OutboundEvent {
+    pub fn key(&self) -> &str {
+        match self {
+            OutboundEvent::Anomaly(m) => &m.key,
+            OutboundEvent::NoData(m) => &m.key,
+        }
+    }
+
+    /// Topic below `<prefix>/<node>/`: `anomaly/<key>` or `nodata/<key>`.
+    pub fn subtopic(&self) -> String {
+        match self {
+            OutboundEvent::Anomaly(m) => format!("anomaly/{}", m.key),
+            OutboundEvent::NoData(m) => format!("nodata/{}", m.key),
+        }
+    }
+
+    /// No-data conditions are retained (the current state of each stream); anomalies are not.
+    pub fn retain(&self) -> bool {
+        matches!(self, OutboundEvent::NoData(_))
+    }
+
+    pub fn set_delayed(&mut self, delayed: bool) {
+        match self {
+            OutboundEvent::Anomaly(m) => m.delayed = delayed,
+            OutboundEvent::NoData(m) => m.delayed = delayed,
+        }
+    }
+
+    pub fn delayed(&self) -> bool {
+        match self {
+            OutboundEvent::Anomaly(m) => m.delayed,
+            OutboundEvent::NoData(m) => m.delayed,
+        }
+    }
+
+    /// The JSON payload as published (without the `kind` tag).
+    pub fn payload(&self) -> Vec<u8> {
+        match self {
+            OutboundEvent::Anomaly(m) => serde_json::to_vec(m),
+            OutboundEvent::NoData(m) => serde_json::to_vec(m),
+        }
+        .expect("event serialises")
     }
 }
 
@@ -188,6 +298,42 @@ mod schema_tests {
         let mut bad = msg.clone();
         bad["seq"] = 0.into();
         assert!(!anomaly.is_valid(&bad), "the schema must reject seq 0");
+        let mut late = AnomalyMessage::new("n", "a/b", "baseline", "x", &d);
+        late.delayed = true;
+        let late = serde_json::to_value(late).unwrap();
+        assert_eq!(late["delayed"], true);
+        assert!(anomaly.is_valid(&late), "{late}");
+        assert!(
+            msg.get("delayed").is_none(),
+            "delayed is omitted when false: {msg}"
+        );
+
+        let nodata = validator(include_str!("../../schemas/nodata.schema.json"));
+        for (active, delayed) in [(true, false), (false, true)] {
+            let mut m = NoDataMessage::new(
+                "n",
+                "a/b",
+                active,
+                1_767_600_000_000,
+                1_767_600_300_000,
+                300,
+            );
+            m.delayed = delayed;
+            let v: serde_json::Value =
+                serde_json::from_slice(&OutboundEvent::NoData(m).payload()).unwrap();
+            let errors: Vec<String> = nodata.iter_errors(&v).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{v}: {errors:?}");
+            assert!(
+                v.get("kind").is_none(),
+                "the outbox tag is not published: {v}"
+            );
+        }
+        let mut bad = serde_json::to_value(NoDataMessage::new("n", "k", true, 0, 1, 5)).unwrap();
+        bad["active"] = "yes".into();
+        assert!(
+            !nodata.is_valid(&bad),
+            "the schema must reject a non-boolean active"
+        );
 
         let code = validator(include_str!("../../schemas/code.schema.json"));
         let msg = CodeMessage {

@@ -7,6 +7,8 @@ pub mod events;
 mod payload;
 mod topic;
 
-pub use events::{AnomalyMessage, CodeMessage, StatusMessage, SCHEMA_VERSION};
+pub use events::{
+    AnomalyMessage, CodeMessage, NoDataMessage, OutboundEvent, StatusMessage, SCHEMA_VERSION,
+};
 pub use payload::{decode_payload, PayloadError, Reading};
 pub use topic::TopicTemplate;

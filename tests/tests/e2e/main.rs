@@ -7,6 +7,7 @@
 
 mod cli;
 mod codes;
+mod delivery;
 mod demo;
 mod detection;
 mod garbage;

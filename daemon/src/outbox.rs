@@ -1,0 +1,406 @@
+//! The outbox: anomaly and no-data events kept until the broker acknowledges them.
+//!
+//! The publisher pushes every event the workers produce here and removes it only when the
+//! broker's PUBACK for it has come back, so an event produced while the broker is unreachable
+//! (or published just before the connection dropped) is delivered after reconnection. At most
+//! `output.buffer.capacity` events are held; further events are refused and counted.
+//!
+//! With `output.buffer.file` set, the outbox is mirrored to an append-only spool file of JSON
+//! lines, `{"add":<id>,"event":{…}}` when an event enters and `{"done":<id>}` when the broker
+//! acknowledged it, so undelivered events survive a restart (they come back flagged
+//! `delayed`). A torn last line (a crash mid-write) is ignored on load. Before a record would
+//! take the file beyond `output.buffer.max_file_bytes`, the file is rewritten (temporary file,
+//! fsync, rename) with only the undelivered events; if those alone do not fit, the oldest are
+//! dropped and counted. With `output.buffer.fsync` every record is fsynced before the call
+//! returns.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::BufferSettings;
+use crate::wire::OutboundEvent;
+
+/// One event in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub id: u64,
+    pub event: OutboundEvent,
+    /// The connection (counted from 1) that was up when the event entered, if any. An event
+    /// published on another connection is late and flagged `delayed`.
+    pub connection: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Record {
+    Add { add: u64, event: OutboundEvent },
+    Done { done: u64 },
+}
+
+struct Spool {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    max_len: u64,
+    fsync: bool,
+}
+
+impl Spool {
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(line)?;
+        if self.fsync {
+            self.file.sync_data()?;
+        }
+        self.len += line.len() as u64;
+        Ok(())
+    }
+}
+
+/// What [`Outbox::push`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushResult {
+    /// The event was refused (outbox full).
+    pub refused: bool,
+    /// Older events dropped so the spool file stays within its bound.
+    pub dropped_oldest: u64,
+}
+
+/// The bounded, optionally file-backed queue of events awaiting a PUBACK.
+pub struct Outbox {
+    items: VecDeque<Entry>,
+    capacity: usize,
+    next_id: u64,
+    spool: Option<Spool>,
+}
+
+impl Outbox {
+    /// An outbox in memory only.
+    pub fn in_memory(capacity: usize) -> Self {
+        Self {
+            items: VecDeque::new(),
+            capacity,
+            next_id: 1,
+            spool: None,
+        }
+    }
+
+    /// The outbox `settings` describe, with the undelivered events of a previous run loaded
+    /// from the spool file (flagged `delayed`). Returns the outbox and how many events were
+    /// restored.
+    pub fn open(settings: &BufferSettings) -> std::io::Result<(Self, usize)> {
+        let mut outbox = Self::in_memory(settings.capacity);
+        if settings.file.is_empty() {
+            return Ok((outbox, 0));
+        }
+        let path = PathBuf::from(&settings.file);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let restored = load(&path, settings.capacity)?;
+        let n = restored.len();
+        for (id, mut event) in restored {
+            event.set_delayed(true);
+            outbox.next_id = outbox.next_id.max(id + 1);
+            outbox.items.push_back(Entry {
+                id,
+                event,
+                connection: None,
+            });
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let len = file.metadata()?.len();
+        outbox.spool = Some(Spool {
+            path,
+            file,
+            len,
+            max_len: settings.max_file_bytes,
+            fsync: settings.fsync,
+        });
+        // Start from a compact file: only what is still undelivered.
+        outbox.compact()?;
+        Ok((outbox, n))
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn front(&self) -> Option<&Entry> {
+        self.items.front()
+    }
+
+    pub fn front_mut(&mut self) -> Option<&mut Entry> {
+        self.items.front_mut()
+    }
+
+    /// Adds an event at the back, unless the outbox is full. `connection` is the connection
+    /// that is up now, if any.
+    pub fn push(
+        &mut self,
+        event: OutboundEvent,
+        connection: Option<u64>,
+    ) -> std::io::Result<PushResult> {
+        let mut result = PushResult {
+            refused: false,
+            dropped_oldest: 0,
+        };
+        if self.items.len() >= self.capacity {
+            result.refused = true;
+            return Ok(result);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        if self.spool.is_some() {
+            let mut line = serde_json::to_vec(&Record::Add {
+                add: id,
+                event: event.clone(),
+            })
+            .expect("record serialises");
+            line.push(b'\n');
+            result.dropped_oldest = self.make_room(line.len() as u64)?;
+            self.spool.as_mut().expect("spool").append(&line)?;
+        }
+        self.items.push_back(Entry {
+            id,
+            event,
+            connection,
+        });
+        Ok(result)
+    }
+
+    /// Removes the front event: the broker acknowledged it.
+    pub fn pop_front(&mut self) -> std::io::Result<Option<Entry>> {
+        let Some(entry) = self.items.pop_front() else {
+            return Ok(None);
+        };
+        if let Some(spool) = self.spool.as_mut() {
+            let mut line =
+                serde_json::to_vec(&Record::Done { done: entry.id }).expect("record serialises");
+            line.push(b'\n');
+            if spool.len + line.len() as u64 > spool.max_len {
+                // The rewritten file lacks this entry already; no record needed.
+                self.compact()?;
+            } else {
+                spool.append(&line)?;
+            }
+        }
+        Ok(Some(entry))
+    }
+
+    fn spool_len(&self) -> u64 {
+        self.spool.as_ref().map_or(0, |s| s.len)
+    }
+
+    /// Bytes in the spool file (0 without one).
+    pub fn file_len(&self) -> u64 {
+        self.spool_len()
+    }
+
+    /// Compacts the spool file if `extra` more bytes would exceed its bound; drops the oldest
+    /// events while even the compacted file would. Returns how many were dropped.
+    fn make_room(&mut self, extra: u64) -> std::io::Result<u64> {
+        let Some(spool) = self.spool.as_ref() else {
+            return Ok(0);
+        };
+        if spool.len + extra <= spool.max_len {
+            return Ok(0);
+        }
+        let max_len = spool.max_len;
+        let mut dropped = 0;
+        loop {
+            self.compact()?;
+            if self.spool_len() + extra <= max_len || self.items.is_empty() {
+                return Ok(dropped);
+            }
+            self.items.pop_front();
+            dropped += 1;
+        }
+    }
+
+    /// Rewrites the spool file with only the events still held.
+    fn compact(&mut self) -> std::io::Result<()> {
+        let Some(spool) = self.spool.as_mut() else {
+            return Ok(());
+        };
+        let tmp = spool.path.with_extension("compacting");
+        let mut out = Vec::new();
+        for e in &self.items {
+            serde_json::to_writer(
+                &mut out,
+                &Record::Add {
+                    add: e.id,
+                    event: e.event.clone(),
+                },
+            )
+            .expect("record serialises");
+            out.push(b'\n');
+        }
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&out)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &spool.path)?;
+        if let Some(dir) = spool.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Make the rename itself durable.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        spool.file = OpenOptions::new().append(true).open(&spool.path)?;
+        spool.len = out.len() as u64;
+        Ok(())
+    }
+}
+
+/// The undelivered events recorded in a spool file, oldest first (at most `capacity`, the
+/// newest kept).
+fn load(path: &Path, capacity: usize) -> std::io::Result<Vec<(u64, OutboundEvent)>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut pending: std::collections::BTreeMap<u64, OutboundEvent> = Default::default();
+    let mut bad = 0usize;
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Record>(&line) {
+            Ok(Record::Add { add, event }) => {
+                pending.insert(add, event);
+            }
+            Ok(Record::Done { done }) => {
+                pending.remove(&done);
+            }
+            Err(_) => bad += 1,
+        }
+    }
+    if bad > 0 {
+        tracing::warn!(path = %path.display(), lines = bad, "unreadable lines in the outbox spool file skipped (a torn last write after a crash is expected)");
+    }
+    let skip = pending.len().saturating_sub(capacity);
+    if skip > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            dropped = skip,
+            "more undelivered events in the spool file than output.buffer.capacity; the oldest are dropped"
+        );
+    }
+    Ok(pending.into_iter().skip(skip).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::NoDataMessage;
+
+    fn event(key: &str) -> OutboundEvent {
+        OutboundEvent::NoData(NoDataMessage::new("n", key, true, 1_000, 2_000, 5))
+    }
+
+    fn settings(dir: &Path, capacity: usize, max_file_bytes: u64) -> BufferSettings {
+        BufferSettings {
+            capacity,
+            file: dir.join("spool/outbox.jsonl").display().to_string(),
+            max_file_bytes,
+            fsync: true,
+        }
+    }
+
+    #[test]
+    fn memory_outbox_is_bounded_and_fifo() {
+        let mut o = Outbox::in_memory(2);
+        assert!(!o.push(event("a"), Some(1)).unwrap().refused);
+        assert!(!o.push(event("b"), None).unwrap().refused);
+        assert!(o.push(event("c"), None).unwrap().refused, "full");
+        assert_eq!(o.front().unwrap().event.key(), "a");
+        assert_eq!(o.front().unwrap().connection, Some(1));
+        assert_eq!(o.pop_front().unwrap().unwrap().event.key(), "a");
+        assert!(!o.push(event("c"), None).unwrap().refused);
+        let keys: Vec<_> = std::iter::from_fn(|| o.pop_front().unwrap())
+            .map(|e| e.event.key().to_string())
+            .collect();
+        assert_eq!(keys, ["b", "c"]);
+    }
+
+    #[test]
+    fn undelivered_events_survive_a_restart_flagged_delayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 10, 1 << 20);
+        {
+            let (mut o, restored) = Outbox::open(&s).unwrap();
+            assert_eq!(restored, 0);
+            for k in ["a", "b", "c"] {
+                o.push(event(k), Some(1)).unwrap();
+            }
+            o.pop_front().unwrap(); // "a" acknowledged
+        }
+        // A torn last line, as after a crash in the middle of a write.
+        let mut f = OpenOptions::new().append(true).open(&s.file).unwrap();
+        f.write_all(b"{\"add\":99,\"ev").unwrap();
+        drop(f);
+        let (mut o, restored) = Outbox::open(&s).unwrap();
+        assert_eq!(restored, 2);
+        let e = o.pop_front().unwrap().unwrap();
+        assert_eq!(e.event.key(), "b");
+        assert!(e.event.delayed());
+        assert_eq!(e.connection, None);
+        // New ids continue after the restored ones, and the file was compacted on open.
+        o.push(event("d"), None).unwrap();
+        drop(o);
+        let (o, restored) = Outbox::open(&s).unwrap();
+        assert_eq!(restored, 2);
+        let keys: Vec<_> = o.items.iter().map(|e| e.event.key().to_string()).collect();
+        assert_eq!(keys, ["c", "d"]);
+        let text = std::fs::read_to_string(&s.file).unwrap();
+        assert_eq!(text.lines().count(), 2, "compacted: {text}");
+    }
+
+    #[test]
+    fn the_spool_file_stays_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = {
+            let mut l = serde_json::to_vec(&Record::Add {
+                add: 1,
+                event: event("k"),
+            })
+            .unwrap();
+            l.push(b'\n');
+            l.len() as u64
+        };
+        // Room for about three events.
+        let s = settings(dir.path(), 100, one * 3 + one / 2);
+        let (mut o, _) = Outbox::open(&s).unwrap();
+        let mut dropped = 0;
+        for i in 0..50 {
+            let r = o.push(event("k"), None).unwrap();
+            assert!(!r.refused);
+            dropped += r.dropped_oldest;
+            if i % 3 == 0 {
+                o.pop_front().unwrap();
+            }
+            let len = std::fs::metadata(&s.file).unwrap().len();
+            assert!(len <= s.max_file_bytes, "{len} > {}", s.max_file_bytes);
+        }
+        assert!(dropped > 0, "the bound must have forced drops");
+        assert!(o.len() <= 3);
+        // Delivered events are never dropped: acknowledged ones are simply gone.
+        let (reloaded, restored) = Outbox::open(&s).unwrap();
+        assert_eq!(restored, o.len());
+        assert_eq!(
+            reloaded.items.iter().map(|e| e.id).collect::<Vec<_>>(),
+            o.items.iter().map(|e| e.id).collect::<Vec<_>>()
+        );
+    }
+}
