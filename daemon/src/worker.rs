@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use sparsewatch_dsp::{Pipeline, PushOutcome, Sample, ValidPipelineParams, WindowReport};
 use tokio::sync::mpsc;
 
-use crate::metrics::{now_ms, LogLimiter, Metrics};
+use crate::metrics::{now_ms, Heartbeat, LogLimiter, Metrics, QueueKind};
 use crate::wire::{AnomalyMessage, CodeMessage, Reading};
 
 /// Where a worker sends window codes, and how often.
@@ -56,10 +56,18 @@ impl Workers {
             // Capacity: enough to ride out a burst while a worker scores a window; beyond
             // that, holding more only hides overload. Full → the reading is dropped and counted.
             let (tx, rx) = bounded::<Reading>(queue_capacity);
+            let probe = rx.clone();
+            ctx.metrics.queues.register(
+                QueueKind::Worker,
+                &i.to_string(),
+                queue_capacity,
+                move || Some(probe.len()),
+            );
+            let heartbeat = ctx.metrics.health.register_worker(&i.to_string());
             let ctx = ctx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("dsp-worker-{i}"))
-                .spawn(move || Worker::new(ctx).run(rx))?;
+                .spawn(move || Worker::new(ctx).run(rx, &heartbeat))?;
             senders.push(tx);
             handles.push(handle);
         }
@@ -125,6 +133,9 @@ struct Worker {
 
 static BAD_INPUT: LogLimiter = LogLimiter::new(10_000);
 
+/// Longest time an idle worker goes without a heartbeat.
+const IDLE_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Worker {
     fn new(ctx: WorkerContext) -> Self {
         Self {
@@ -133,9 +144,16 @@ impl Worker {
         }
     }
 
-    fn run(mut self, rx: Receiver<Reading>) {
-        for reading in rx.iter() {
-            self.handle(reading);
+    /// Handles readings until the queue closes, beating `heartbeat` after each one and at
+    /// least every [`IDLE_BEAT`] while idle (a worker stuck inside a reading stops beating).
+    fn run(mut self, rx: Receiver<Reading>, heartbeat: &Heartbeat) {
+        loop {
+            match rx.recv_timeout(IDLE_BEAT) {
+                Ok(reading) => self.handle(reading),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            heartbeat.beat();
         }
     }
 
@@ -166,6 +184,7 @@ impl Worker {
             Metrics::inc(&m.payload_errors);
             return;
         };
+        let started = std::time::Instant::now();
         let result = stream.pipeline.push(sample);
         match result.outcome {
             PushOutcome::OutOfOrder => {
@@ -181,6 +200,7 @@ impl Worker {
         }
         Metrics::inc(&m.samples);
         let Some(report) = result.report else { return };
+        m.latency.worker_window.observe(started.elapsed());
         Metrics::inc(&m.windows);
         if let Some(sink) = &self.ctx.codes {
             send_code(sink, &self.ctx.node, &r.key, &stream.pipeline, &report, m);

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 pub struct Mosquitto {
     child: Child,
     port: u16,
+    second_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -25,13 +26,37 @@ impl Mosquitto {
     /// # Panics
     /// When Mosquitto is not installed: the e2e tests require it and say how to install it.
     pub fn start() -> Result<Self> {
+        Self::start_inner(None, None)
+    }
+
+    /// Starts Mosquitto on a given loopback port (one a test reserved earlier, to start the
+    /// broker after the daemon). Fails if the port has been taken meanwhile.
+    pub fn start_on(port: u16) -> Result<Self> {
+        Self::start_inner(Some(port), None)
+    }
+
+    /// As [`start`](Self::start), plus a second listener on another free loopback port,
+    /// configured by `options` (Mosquitto lines that follow its `listener` line: `cafile`,
+    /// `certfile`, `keyfile`, `require_certificate`, `allow_anonymous`, `password_file`, …).
+    /// Settings are per listener (`per_listener_settings true`), so the first listener stays
+    /// plain and anonymous for the test's own clients.
+    pub fn start_with_listener(options: &str) -> Result<Self> {
+        Self::start_inner(None, Some(options))
+    }
+
+    /// The second listener's port (see [`start_with_listener`](Self::start_with_listener)).
+    pub fn second_port(&self) -> Option<u16> {
+        self.second_port
+    }
+
+    fn start_inner(port: Option<u16>, second: Option<&str>) -> Result<Self> {
         let exe = mosquitto_path().unwrap_or_else(|| {
             panic!("Mosquitto is required for the e2e tests: apt-get install -y mosquitto")
         });
         // Another process can take the port between our probe and Mosquitto's bind: retry.
         let mut last_err = None;
         for _ in 0..5 {
-            match Self::try_start(&exe) {
+            match Self::try_start(&exe, port, second) {
                 Ok(m) => return Ok(m),
                 Err(e) => last_err = Some(e),
             }
@@ -44,22 +69,41 @@ impl Mosquitto {
         self.port
     }
 
-    fn try_start(exe: &Path) -> Result<Self> {
-        let port = free_port()?;
+    fn try_start(exe: &Path, port: Option<u16>, second: Option<&str>) -> Result<Self> {
+        let port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let dir = tempfile::tempdir()?;
         let conf = dir.path().join("mosquitto.conf");
         let log = dir.path().join("mosquitto.log");
+        let mut second_port = None;
+        let mut extra = String::new();
+        if let Some(options) = second {
+            let p = free_port()?;
+            second_port = Some(p);
+            extra = format!("listener {p} 127.0.0.1\n{options}\n");
+            // Mosquitto drops root to its own user before it reads key and password files,
+            // which then cannot open the test's private temporary folder; stay the same user.
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                extra.push_str("user root\n");
+            }
+        }
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\n\
+                "per_listener_settings {}\n\
+                 listener {port} 127.0.0.1\n\
                  allow_anonymous true\n\
                  max_queued_messages 0\n\
                  max_inflight_messages 0\n\
                  persistence false\n\
                  log_dest stderr\n\
                  log_type error\n\
-                 log_type warning\n"
+                 log_type warning\n\
+                 {extra}",
+                second.is_some()
             ),
         )?;
         let mut child = crate::daemon::spawn_with_parent_death(
@@ -77,10 +121,13 @@ impl Mosquitto {
                 let err = std::fs::read_to_string(&log).unwrap_or_default();
                 bail!("mosquitto exited at start ({status}): {err}");
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let second_up =
+                second_port.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok());
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() && second_up {
                 return Ok(Mosquitto {
                     child,
                     port,
+                    second_port,
                     _dir: dir,
                 });
             }
@@ -111,7 +158,7 @@ fn mosquitto_path() -> Option<PathBuf> {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
 }

@@ -3,6 +3,10 @@
 //!
 //! The ingest task is the only place that polls the event loop; it never awaits anything but
 //! `poll` and the reconnect backoff, and it never blocks (dispatch is a `try_send`).
+//!
+//! `security`: TLS (rustls) and credentials, built from the configuration when it is checked.
+
+pub mod security;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +60,7 @@ pub fn options(v: &ValidSettings, started_at_ms: i64) -> MqttOptions {
         QoS::AtLeastOnce,
         true,
     ));
+    v.mqtt_security.apply(&mut o);
     o
 }
 
@@ -91,6 +96,7 @@ impl Ingest {
                     backoff = Duration::from_millis(mqtt.reconnect_min_ms);
                     Metrics::inc(&self.metrics.connections);
                     self.connected.store(true, Ordering::Relaxed);
+                    self.metrics.health.connected();
                     tracing::info!(host = %mqtt.host, port = mqtt.port, "connected to broker");
                     self.on_connect(&client);
                 }
@@ -107,6 +113,9 @@ impl Ingest {
                     }
                     Metrics::inc(&self.metrics.connection_errors);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection failed");
+                    if let Some(hint) = security::failure_hint(&e) {
+                        tracing::error!(error = %e, "{hint}");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.wake.notified() => {}
@@ -146,8 +155,18 @@ impl Ingest {
     }
 
     fn on_publish(&self, topic: &str, payload: &[u8]) {
+        let started = std::time::Instant::now();
+        self.take_publish(topic, payload);
+        self.metrics
+            .latency
+            .ingest_decode
+            .observe(started.elapsed());
+    }
+
+    fn take_publish(&self, topic: &str, payload: &[u8]) {
         let m = &self.metrics;
         Metrics::inc(&m.messages);
+        m.health.message_received();
         let now = now_ms();
         let Some(key) = self.settings.template.key(topic) else {
             Metrics::inc(&m.unknown_topics);
@@ -199,7 +218,10 @@ pub async fn publish_outbound(
                 let Some(msg) = msg else { break };
                 let topic = anomaly_topic(&settings, &msg.key);
                 let body = serde_json::to_vec(&msg).expect("anomaly message serialises");
-                match client.publish(topic, QoS::AtLeastOnce, false, body).await {
+                let started = std::time::Instant::now();
+                let published = client.publish(topic, QoS::AtLeastOnce, false, body).await;
+                metrics.latency.publish_event.observe(started.elapsed());
+                match published {
                     Ok(()) => Metrics::inc(&metrics.events_published),
                     Err(e) => {
                         Metrics::inc(&metrics.dropped_events);

@@ -10,6 +10,8 @@ mod codes;
 mod demo;
 mod detection;
 mod garbage;
+mod http;
+mod security;
 mod status;
 
 use rand::SeedableRng;
