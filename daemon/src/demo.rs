@@ -36,7 +36,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<usize> {
     println!("embedded MQTT broker (rumqttd) listening on 127.0.0.1:{port}");
 
     let settings = config::load(Source::Text(&format!(
-        "[node]\nid = \"demo\"\n[mqtt]\nport = {port}\nsubscribe = [\"sensors/#\"]\n[log]\nsummary_interval_secs = 0\n"
+        "[node]\nid = \"demo\"\n[mqtt]\nport = {port}\nsubscribe = [\"sensors/#\"]\n[log]\nsummary_interval_secs = 0\n[http]\nenabled = false\n"
     )))?;
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -10,14 +10,17 @@
 //!   (unknown keys are errors) and checked up front ([`config::ValidSettings`]).
 //! - [`wire`]: topic templates → sensor keys, payload decoding → [`wire::Reading`], and the
 //!   JSON that sparsewatch publishes ([`wire::AnomalyMessage`], [`wire::StatusMessage`]).
-//! - [`mqtt`]: connection options with the Last Will, the ingest task that polls rumqttc's
-//!   event loop, and the publisher task.
+//! - [`mqtt`]: connection options with the Last Will, TLS and credentials
+//!   ([`mqtt::security`]), the ingest task that polls rumqttc's event loop, and the publisher
+//!   task.
 //! - [`outbox`]: events kept until the broker acknowledges them, optionally in a spool file.
 //! - [`worker`]: DSP worker threads behind bounded crossbeam channels; each sensor key belongs
 //!   to one worker, which owns its `dsp::Pipeline`.
 //! - [`service`]: [`service::run`], the daemon's lifetime, with the shutdown future as a
 //!   parameter, and the ordered clean stop.
-//! - [`metrics`]: the counters and the periodic one-line summary; rate-limited warnings.
+//! - [`metrics`]: the counters, stage latency histograms, health state and queue probes, their
+//!   Prometheus exposition, and the periodic one-line summary; rate-limited warnings.
+//! - [`http`]: the health and metrics endpoint (`/metrics`, `/healthz`, `/readyz`).
 //! - [`fixtures`]: recorded traffic (JSONL of MQTT messages) and its labels.
 //! - [`eval`]: `sparsewatch eval`, the pipeline replayed over labelled benchmarks (NAB, SKAB)
 //!   and scored: NAB's scorer and SKAB's row metrics.
@@ -32,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod eval;
 pub mod fixtures;
+pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;

@@ -1,14 +1,38 @@
-//! Counters shared by the MQTT task, the workers and the publisher, and the periodic one-line
-//! summary. Plain relaxed atomics: each counter is independent and only ever read for display.
+//! Everything the daemon measures about itself, shared by the MQTT task, the workers, the
+//! publisher and the HTTP endpoint, plus the periodic one-line summary.
+//!
+//! - Counters: plain relaxed atomics; each is independent and only ever read for display.
+//! - [`Latencies`]: per-stage [`Histogram`]s (fixed log-scale buckets, atomics, no allocation
+//!   per observation).
+//! - [`Health`]: what `/healthz` and `/readyz` decide on — broker connected, state restored,
+//!   stopping, worker heartbeats, time of the last message and of the last checkpoint.
+//! - Queue probes: closures that read a queue's depth when `/metrics` is scraped, so queues
+//!   cost nothing extra per message.
+//!
+//! `/metrics` renders all of it in the Prometheus text format ([`exposition`]).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+pub mod exposition;
+pub mod histogram;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use histogram::{Histogram, HistogramSnapshot};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Every count the daemon keeps. All are monotonic except `streams`.
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
+        /// Every count the daemon keeps (all monotonic except `streams`), and the latency
+        /// histograms, health state and queue probes behind `/metrics`.
         #[derive(Debug, Default)]
         pub struct Metrics {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            /// Per-stage latency histograms.
+            pub latency: Latencies,
+            /// Liveness and readiness state.
+            pub health: Health,
+            /// Queue depth probes, read at scrape time.
+            pub queues: QueueProbes,
         }
 
         /// A copy of the counters at one instant.
@@ -20,6 +44,14 @@ macro_rules! counters {
         impl Metrics {
             pub fn snapshot(&self) -> Snapshot {
                 Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl Snapshot {
+            /// Calls `f(name, help, value)` for every counter, in declaration order; `help` is
+            /// the counter's doc comment.
+            pub fn for_each(&self, mut f: impl FnMut(&'static str, &'static str, u64)) {
+                $(f(stringify!($name), concat!($($doc),*), self.$name);)*
             }
         }
     };
@@ -104,6 +136,247 @@ impl Metrics {
 
     pub fn set(gauge: &AtomicU64, v: u64) {
         gauge.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Counters exposed as Prometheus gauges (they can go down); every other counter is a counter.
+pub const GAUGE_COUNTERS: &[&str] = &["streams"];
+
+/// Latency of each stage that handles live traffic.
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// Ingest task, per PUBLISH: topic → key, payload decode and dispatch to a worker.
+    pub ingest_decode: Histogram,
+    /// Worker, per completed window: the `Pipeline::push` that completed it (framing,
+    /// normalising, coding, scoring, learning).
+    pub worker_window: Histogram,
+    /// Publisher, per anomaly event: handing the QoS 1 PUBLISH to the MQTT client (waits only
+    /// when the client's request queue is full).
+    pub publish_event: Histogram,
+}
+
+impl Latencies {
+    /// `(stage label, histogram)` for each stage.
+    pub fn stages(&self) -> [(&'static str, &Histogram); 3] {
+        [
+            ("ingest_decode", &self.ingest_decode),
+            ("worker_window", &self.worker_window),
+            ("publish_event", &self.publish_event),
+        ]
+    }
+}
+
+/// Milliseconds on a monotonic clock that starts near process start. Heartbeats and stall
+/// checks use it so a wall-clock step cannot make a worker look dead.
+pub fn mono_ms() -> i64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as i64
+}
+
+/// One worker's liveness: the monotonic time of its last sign of life. A worker beats after
+/// every reading and at least once a second while idle; one that stops beating is stuck.
+#[derive(Debug)]
+pub struct Heartbeat {
+    pub name: String,
+    last_mono_ms: AtomicI64,
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.last_mono_ms.store(mono_ms(), Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        let ms = mono_ms() - self.last_mono_ms.load(Ordering::Relaxed);
+        Duration::from_millis(ms.max(0) as u64)
+    }
+}
+
+/// What the health endpoints decide on. Written by the tasks that know each fact; read by
+/// `/healthz`, `/readyz` and `/metrics` (and by the service's watchdog, if it wants).
+#[derive(Debug)]
+pub struct Health {
+    /// True between a ConnAck and the next connection error. The ingest task owns it (the
+    /// service hands this `Arc` to the ingest task as its `connected` flag).
+    pub broker_connected: Arc<AtomicBool>,
+    /// False while learned state is being restored from a checkpoint; `/readyz` is 503 until
+    /// it is true. Defaults to true (nothing to restore); the checkpoint code sets it false
+    /// before restoring and true after.
+    pub state_restored: AtomicBool,
+    /// Set when the daemon has begun to stop; `/readyz` is 503 from then on.
+    pub stopping: AtomicBool,
+    /// Wall-clock time (Unix ms) of the last checkpoint written, 0 = none yet. The checkpoint
+    /// code stores it after each successful write (or restore); `/metrics` shows it as
+    /// `sparsewatch_last_checkpoint_timestamp_seconds` and `sparsewatch_checkpoint_age_seconds`.
+    pub last_checkpoint_unix_ms: AtomicI64,
+    /// Monotonic time ([`mono_ms`]) of the last PUBLISH received, -1 = none yet.
+    pub last_message_mono_ms: AtomicI64,
+    /// Monotonic time of the last ConnAck, -1 = never connected.
+    pub connected_mono_ms: AtomicI64,
+    heartbeats: Mutex<Vec<Arc<Heartbeat>>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            broker_connected: Arc::new(AtomicBool::new(false)),
+            state_restored: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            last_checkpoint_unix_ms: AtomicI64::new(0),
+            last_message_mono_ms: AtomicI64::new(-1),
+            connected_mono_ms: AtomicI64::new(-1),
+            heartbeats: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Why the daemon is not healthy or not ready; empty when it is.
+pub type Problems = Vec<String>;
+
+impl Health {
+    /// A heartbeat for a new worker called `name` (replacing one of the same name), beaten once.
+    pub fn register_worker(&self, name: &str) -> Arc<Heartbeat> {
+        let hb = Arc::new(Heartbeat {
+            name: name.to_string(),
+            last_mono_ms: AtomicI64::new(mono_ms()),
+        });
+        let mut all = self.heartbeats.lock().expect("heartbeats lock");
+        all.retain(|h| h.name != name);
+        all.push(hb.clone());
+        hb
+    }
+
+    /// Every registered worker's heartbeat.
+    pub fn heartbeats(&self) -> Vec<Arc<Heartbeat>> {
+        self.heartbeats.lock().expect("heartbeats lock").clone()
+    }
+
+    /// Records a PUBLISH received now.
+    pub fn message_received(&self) {
+        self.last_message_mono_ms
+            .store(mono_ms(), Ordering::Relaxed);
+    }
+
+    /// Records a connection to the broker now.
+    pub fn connected(&self) {
+        self.broker_connected.store(true, Ordering::Relaxed);
+        self.connected_mono_ms.store(mono_ms(), Ordering::Relaxed);
+    }
+
+    /// Liveness: every worker has beaten within `stall`. (The process answering at all
+    /// shows the runtime is alive.)
+    pub fn liveness(&self, stall: Duration) -> Problems {
+        self.heartbeats()
+            .iter()
+            .filter(|h| h.age() > stall)
+            .map(|h| {
+                format!(
+                    "worker {} has not made progress for {} s",
+                    h.name,
+                    h.age().as_secs()
+                )
+            })
+            .collect()
+    }
+
+    /// Readiness: not stopping, broker connected, state restored, and — when `input_stall`
+    /// is set — a message received within `input_stall` (or, if none since the connection,
+    /// connected for less than that).
+    pub fn readiness(&self, input_stall: Option<Duration>) -> Problems {
+        self.readiness_at(input_stall, mono_ms())
+    }
+
+    fn readiness_at(&self, input_stall: Option<Duration>, now_mono_ms: i64) -> Problems {
+        let mut p = Problems::new();
+        if self.stopping.load(Ordering::Relaxed) {
+            p.push("stopping".into());
+        }
+        if !self.broker_connected.load(Ordering::Relaxed) {
+            p.push("not connected to the broker".into());
+        }
+        if !self.state_restored.load(Ordering::Relaxed) {
+            p.push("learned state not restored yet".into());
+        }
+        if let Some(limit) = input_stall {
+            let since = self
+                .last_message_mono_ms
+                .load(Ordering::Relaxed)
+                .max(self.connected_mono_ms.load(Ordering::Relaxed));
+            let quiet = Duration::from_millis((now_mono_ms - since).max(0) as u64);
+            if since >= 0 && quiet > limit {
+                p.push(format!("no input for {} s", quiet.as_secs()));
+            }
+        }
+        p
+    }
+}
+
+/// Where a probed queue sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// A DSP worker's input queue (label: the worker index).
+    Worker,
+    /// An output queue towards the publisher (label: `events` or `codes`).
+    Output,
+}
+
+/// Reads a queue's current depth; `None` once the queue is gone.
+pub type DepthFn = Box<dyn Fn() -> Option<usize> + Send + Sync>;
+
+/// One probed queue.
+pub struct QueueProbe {
+    pub kind: QueueKind,
+    pub label: String,
+    pub capacity: usize,
+    depth: DepthFn,
+}
+
+impl QueueProbe {
+    pub fn depth(&self) -> Option<usize> {
+        (self.depth)()
+    }
+}
+
+impl std::fmt::Debug for QueueProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueProbe")
+            .field("kind", &self.kind)
+            .field("label", &self.label)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The queues `/metrics` reports depths of. A probe must not keep its queue alive (hold a
+/// receiver or a weak sender, never a sender), or the queue would never close at shutdown.
+#[derive(Debug, Default)]
+pub struct QueueProbes(Mutex<Vec<QueueProbe>>);
+
+impl QueueProbes {
+    /// Adds a probe, replacing one with the same kind and label.
+    pub fn register(
+        &self,
+        kind: QueueKind,
+        label: &str,
+        capacity: usize,
+        depth: impl Fn() -> Option<usize> + Send + Sync + 'static,
+    ) {
+        let mut all = self.0.lock().expect("queue probes lock");
+        all.retain(|p| !(p.kind == kind && p.label == label));
+        all.push(QueueProbe {
+            kind,
+            label: label.to_string(),
+            capacity,
+            depth: Box::new(depth),
+        });
+    }
+
+    /// Calls `f` for each probe, in registration order.
+    pub fn for_each(&self, mut f: impl FnMut(&QueueProbe)) {
+        for p in self.0.lock().expect("queue probes lock").iter() {
+            f(p);
+        }
     }
 }
 
@@ -197,6 +470,49 @@ mod tests {
         assert_eq!(l.allow(10), None);
         assert_eq!(l.allow(999), None);
         assert_eq!(l.allow(1000), Some(2));
+    }
+
+    #[test]
+    fn readiness_names_each_missing_condition() {
+        let h = Health::default();
+        let p = h.readiness(None);
+        assert_eq!(p, vec!["not connected to the broker".to_string()]);
+        h.connected();
+        assert!(h.readiness(None).is_empty());
+        assert!(h.readiness(Some(Duration::from_secs(60))).is_empty());
+        h.state_restored.store(false, Ordering::Relaxed);
+        h.stopping.store(true, Ordering::Relaxed);
+        assert_eq!(h.readiness(None).len(), 2);
+    }
+
+    #[test]
+    fn input_stall_counts_from_the_connection_then_the_last_message() {
+        let h = Health::default();
+        let limit = Some(Duration::from_secs(2));
+        h.connected();
+        let t0 = h.connected_mono_ms.load(Ordering::Relaxed);
+        assert!(h.readiness_at(limit, t0 + 1_000).is_empty());
+        let p = h.readiness_at(limit, t0 + 5_000);
+        assert_eq!(p, vec!["no input for 5 s".to_string()]);
+        h.last_message_mono_ms.store(t0 + 4_000, Ordering::Relaxed);
+        assert!(h.readiness_at(limit, t0 + 5_000).is_empty());
+        assert!(!h.readiness_at(limit, t0 + 7_000).is_empty());
+    }
+
+    #[test]
+    fn a_worker_that_stops_beating_fails_liveness() {
+        let h = Health::default();
+        let a = h.register_worker("0");
+        let b = h.register_worker("1");
+        assert!(h.liveness(Duration::from_secs(10)).is_empty());
+        b.last_mono_ms.store(mono_ms() - 20_000, Ordering::Relaxed);
+        a.beat();
+        let p = h.liveness(Duration::from_secs(10));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("worker 1"), "{p:?}");
+        // Re-registering a name replaces the old heartbeat.
+        h.register_worker("1");
+        assert!(h.liveness(Duration::from_secs(10)).is_empty());
     }
 
     #[test]

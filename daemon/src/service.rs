@@ -2,12 +2,13 @@
 //!
 //! Start: spawn the DSP workers, the publisher task, the ingest task (which connects, then
 //! subscribes and publishes the retained "online" status on every connection) and the summary
-//! task. Stop, when `shutdown` resolves: stop handing readings to the workers, let them drain
+//! task, and the HTTP health and metrics task when `[http]` is enabled (its port is bound first,
+//! so a taken port fails the start). Stop, when `shutdown` resolves: stop handing readings to the workers, let them drain
 //! their queues, publish the anomaly events they produced, publish the retained "offline"
 //! status, then disconnect cleanly, in that order, so nothing accepted is lost on a stop.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::ValidSettings;
-use crate::metrics::{now_ms, Metrics, Snapshot};
+use crate::http;
+use crate::metrics::{now_ms, Metrics, QueueKind, Snapshot};
 use crate::mqtt::{self, Acker, Ingest, Link};
 use crate::outbox::Outbox;
 use crate::wire::StatusMessage;
@@ -46,15 +48,19 @@ pub async fn run_with_metrics(
         node = %s.node.id,
         broker = %format!("{}:{}", s.mqtt.host, s.mqtt.port),
         subscribe = ?s.mqtt.subscribe,
+        tls = settings.mqtt_security.tls(),
+        username = settings.mqtt_security.username().unwrap_or(""),
         detector = s.pipeline.detector.name(),
         workers = s.workers.count,
         "sparsewatch starting"
     );
 
+    let http = start_http(&settings, &metrics).await?;
     // Capacity: events are rare (one per incident or silence); this absorbs a burst across
     // many keys while the publisher writes the spool file. Full → dropped and counted. The
     // outbox behind it holds events while the broker is away.
     let (events_tx, events_rx) = mpsc::channel(s.output.queue_capacity);
+    register_output_probe(&metrics, "events", &events_tx);
     let (outbox, restored) = Outbox::open(&s.output.buffer).with_context(|| {
         format!(
             "cannot open the outbox spool file {:?} (output.buffer.file)",
@@ -80,6 +86,7 @@ pub async fn run_with_metrics(
     // there with try_publish while connected, and are the first thing dropped).
     let (codes_tx, codes_rx) = if s.output.codes.enabled {
         let (tx, rx) = mpsc::channel(s.output.codes.queue_capacity);
+        register_output_probe(&metrics, "codes", &tx);
         (
             Some(CodeSink {
                 tx,
@@ -105,7 +112,8 @@ pub async fn run_with_metrics(
     let workers = Workers::spawn(s.workers.count, s.workers.queue_capacity, ctx)
         .context("cannot start the DSP worker threads")?;
 
-    let connected = Arc::new(AtomicBool::new(false));
+    // The health state's flag, so /readyz and /metrics see what the ingest task sees.
+    let connected = metrics.health.broker_connected.clone();
     let link = Arc::new(Link::default());
     let publisher = tokio::spawn(mqtt::publish_outbound(
         settings.clone(),
@@ -145,6 +153,7 @@ pub async fn run_with_metrics(
     });
 
     shutdown.await;
+    metrics.health.stopping.store(true, Ordering::Relaxed);
     tracing::info!("stopping: draining workers");
     let workers = ingest.workers.lock().expect("workers lock").take();
     if let Some(w) = workers {
@@ -170,7 +179,44 @@ pub async fn run_with_metrics(
     if let Some(t) = summary {
         t.abort();
     }
+    if let Some(t) = http {
+        t.abort();
+    }
     let last = metrics.snapshot();
     last.log("final summary");
     Ok(last)
+}
+
+/// Binds `http.listen` and spawns the endpoint's task; `None` when `[http]` is disabled.
+async fn start_http(
+    settings: &ValidSettings,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let h = &settings.settings.http;
+    if !h.enabled {
+        return Ok(None);
+    }
+    let listener = http::bind(settings.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on http.listen = {}", settings.http_listen))?;
+    let addr = listener.local_addr().context("http listener address")?;
+    tracing::info!(%addr, "http endpoint listening (/metrics, /healthz, /readyz)");
+    let state = Arc::new(http::HttpState {
+        metrics: metrics.clone(),
+        worker_stall: Duration::from_secs(h.worker_stall_secs),
+        input_stall: (h.input_stall_secs > 0).then(|| Duration::from_secs(h.input_stall_secs)),
+    });
+    Ok(Some(tokio::spawn(http::serve(listener, state))))
+}
+
+/// Lets `/metrics` read the depth of an output queue through a weak sender (which does not
+/// keep the queue open at shutdown).
+fn register_output_probe<T: Send + 'static>(metrics: &Metrics, label: &str, tx: &mpsc::Sender<T>) {
+    let weak = tx.downgrade();
+    let capacity = tx.max_capacity();
+    metrics
+        .queues
+        .register(QueueKind::Output, label, capacity, move || {
+            weak.upgrade().map(|tx| capacity - tx.capacity())
+        });
 }

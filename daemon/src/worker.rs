@@ -20,7 +20,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use sparsewatch_dsp::{Pipeline, PushOutcome, Sample, ValidPipelineParams, WindowReport};
 use tokio::sync::mpsc;
 
-use crate::metrics::{now_ms, LogLimiter, Metrics};
+use crate::metrics::{now_ms, Heartbeat, LogLimiter, Metrics, QueueKind};
 use crate::mqtt::{AckToken, Acker};
 use crate::wire::{AnomalyMessage, CodeMessage, NoDataMessage, OutboundEvent, Reading};
 
@@ -87,10 +87,18 @@ impl Workers {
             // Capacity: enough to ride out a burst while a worker scores a window; beyond
             // that, holding more only hides overload. Full → the ingest holds or sheds.
             let (tx, rx) = bounded::<Dispatch>(queue_capacity);
+            let probe = rx.clone();
+            ctx.metrics.queues.register(
+                QueueKind::Worker,
+                &i.to_string(),
+                queue_capacity,
+                move || Some(probe.len()),
+            );
+            let heartbeat = ctx.metrics.health.register_worker(&i.to_string());
             let ctx = ctx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("dsp-worker-{i}"))
-                .spawn(move || Worker::new(ctx).run(rx))?;
+                .spawn(move || Worker::new(ctx).run(rx, &heartbeat))?;
             senders.push(tx);
             handles.push(handle);
         }
@@ -183,6 +191,9 @@ struct Worker {
 
 static BAD_INPUT: LogLimiter = LogLimiter::new(10_000);
 
+/// Longest time an idle worker goes without a heartbeat.
+const IDLE_BEAT: Duration = Duration::from_secs(1);
+
 impl Worker {
     fn new(ctx: WorkerContext) -> Self {
         Self {
@@ -191,15 +202,15 @@ impl Worker {
         }
     }
 
-    fn run(mut self, rx: Receiver<Dispatch>) {
-        let Some(after) = self.ctx.no_data_after else {
-            for d in rx.iter() {
-                self.take(d);
-            }
-            return;
-        };
-        // Look for silent streams about ten times per no-data period (20 ms..=1 s).
-        let tick = (after / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    /// Handles readings until the queue closes, beating `heartbeat` after each one and at
+    /// least every [`IDLE_BEAT`] while idle (a worker stuck inside a reading stops beating).
+    /// With `streams.no_data_after_secs` set it also looks for silent streams, about ten
+    /// times per no-data period (20 ms..=1 s).
+    fn run(mut self, rx: Receiver<Dispatch>, heartbeat: &Heartbeat) {
+        let after = self.ctx.no_data_after;
+        let tick = after.map_or(IDLE_BEAT, |a| {
+            (a / 10).clamp(Duration::from_millis(20), IDLE_BEAT)
+        });
         let mut next_check = std::time::Instant::now() + tick;
         loop {
             let wait = next_check.saturating_duration_since(std::time::Instant::now());
@@ -208,8 +219,11 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            heartbeat.beat();
             if std::time::Instant::now() >= next_check {
-                self.check_silence(now_ms(), after);
+                if let Some(after) = after {
+                    self.check_silence(now_ms(), after);
+                }
                 next_check = std::time::Instant::now() + tick;
             }
         }
@@ -291,6 +305,7 @@ impl Worker {
             }
         }
         let last_ts = stream.pipeline.last_ts();
+        let started = std::time::Instant::now();
         let result = stream.pipeline.push(sample);
         match result.outcome {
             PushOutcome::OutOfOrder => {
@@ -312,6 +327,8 @@ impl Worker {
         }
         Metrics::inc(&m.samples);
         let Some(report) = result.report else { return };
+        m.latency.worker_window.observe(started.elapsed());
+        m.latency.worker_window.observe(started.elapsed());
         Metrics::inc(&m.windows);
         if let Some(sink) = &self.ctx.codes {
             send_code(sink, &self.ctx.node, &r.key, &stream.pipeline, &report, m);

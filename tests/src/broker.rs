@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 pub struct Mosquitto {
     child: Option<Child>,
     port: u16,
+    second_port: Option<u16>,
     exe: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -31,6 +32,15 @@ pub struct BrokerOptions {
     pub max_inflight: u32,
     /// Mosquitto's `max_queued_messages` (0 = unlimited, the harness default).
     pub max_queued: u32,
+    /// Listen on this loopback port (one a test reserved earlier, to start the broker after
+    /// the daemon) instead of a free one. Fails if the port has been taken meanwhile.
+    pub port: Option<u16>,
+    /// A second listener on another free loopback port, configured by these Mosquitto lines
+    /// (those that follow its `listener` line: `cafile`, `certfile`, `keyfile`,
+    /// `require_certificate`, `allow_anonymous`, `password_file`, …). Settings are then per
+    /// listener (`per_listener_settings true`), so the first listener stays plain and
+    /// anonymous for the test's own clients.
+    pub second_listener: Option<String>,
 }
 
 impl Mosquitto {
@@ -40,6 +50,28 @@ impl Mosquitto {
     /// When Mosquitto is not installed: the e2e tests require it and say how to install it.
     pub fn start() -> Result<Self> {
         Self::start_with(&BrokerOptions::default())
+    }
+
+    /// Starts Mosquitto on a given loopback port (see [`BrokerOptions::port`]).
+    pub fn start_on(port: u16) -> Result<Self> {
+        Self::start_with(&BrokerOptions {
+            port: Some(port),
+            ..BrokerOptions::default()
+        })
+    }
+
+    /// As [`start`](Self::start), plus a second listener (see
+    /// [`BrokerOptions::second_listener`]).
+    pub fn start_with_listener(options: &str) -> Result<Self> {
+        Self::start_with(&BrokerOptions {
+            second_listener: Some(options.to_string()),
+            ..BrokerOptions::default()
+        })
+    }
+
+    /// The second listener's port (see [`BrokerOptions::second_listener`]).
+    pub fn second_port(&self) -> Option<u16> {
+        self.second_port
     }
 
     /// As [`Mosquitto::start`], with `options`.
@@ -84,6 +116,7 @@ impl Mosquitto {
             match wait_ready(
                 child,
                 self.port,
+                self.second_port,
                 &log,
                 Instant::now() + Duration::from_secs(5),
             ) {
@@ -107,7 +140,10 @@ impl Mosquitto {
     }
 
     fn try_start(exe: &Path, options: &BrokerOptions) -> Result<Self> {
-        let port = free_port()?;
+        let port = match options.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let dir = tempfile::tempdir()?;
         let conf = dir.path().join("mosquitto.conf");
         let log = dir.path().join("mosquitto.log");
@@ -119,25 +155,49 @@ impl Mosquitto {
         } else {
             "persistence false\n".to_string()
         };
+        let mut second_port = None;
+        let mut extra = String::new();
+        if let Some(lines) = &options.second_listener {
+            let p = free_port()?;
+            second_port = Some(p);
+            extra = format!("listener {p} 127.0.0.1\n{lines}\n");
+            // Mosquitto drops root to its own user before it reads key and password files,
+            // which then cannot open the test's private temporary folder; stay the same user.
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                extra.push_str("user root\n");
+            }
+        }
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\n\
+                "per_listener_settings {}\n\
+                 listener {port} 127.0.0.1\n\
                  allow_anonymous true\n\
                  max_queued_messages {}\n\
                  max_inflight_messages {}\n\
                  {persistence}\
                  log_dest stderr\n\
                  log_type error\n\
-                 log_type warning\n",
-                options.max_queued, options.max_inflight
+                 log_type warning\n\
+                 {extra}",
+                options.second_listener.is_some(),
+                options.max_queued,
+                options.max_inflight
             ),
         )?;
         let child = spawn_broker(exe, &conf, &log)?;
-        let child = wait_ready(child, port, &log, Instant::now() + crate::TIMEOUT)?;
+        let child = wait_ready(
+            child,
+            port,
+            second_port,
+            &log,
+            Instant::now() + crate::TIMEOUT,
+        )?;
         Ok(Mosquitto {
             child: Some(child),
             port,
+            second_port,
             exe: exe.to_path_buf(),
             dir,
         })
@@ -156,14 +216,21 @@ fn spawn_broker(exe: &Path, conf: &Path, log: &Path) -> Result<Child> {
     .with_context(|| format!("starting {}", exe.display()))
 }
 
-/// Waits until the broker accepts TCP connections on `port`.
-fn wait_ready(mut child: Child, port: u16, log: &Path, deadline: Instant) -> Result<Child> {
+/// Waits until the broker accepts TCP connections on `port` (and on `second`, if any).
+fn wait_ready(
+    mut child: Child,
+    port: u16,
+    second: Option<u16>,
+    log: &Path,
+    deadline: Instant,
+) -> Result<Child> {
     loop {
         if let Some(status) = child.try_wait()? {
             let err = std::fs::read_to_string(log).unwrap_or_default();
             bail!("mosquitto exited at start ({status}): {err}");
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        let second_up = second.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok());
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() && second_up {
             return Ok(child);
         }
         if Instant::now() >= deadline {
@@ -194,7 +261,7 @@ fn mosquitto_path() -> Option<PathBuf> {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
 }

@@ -294,7 +294,10 @@ pub struct TestConfig {
     pub summary_interval_secs: u64,
     /// Extra lines for the `[mqtt]` table, e.g. `max_payload_bytes = 512`.
     pub mqtt_extra: String,
-    /// Extra tables appended at the end (any but node, mqtt, topics, log).
+    /// Extra lines for the `[http]` table. Its `listen` is `127.0.0.1:0` (a free port, which
+    /// the daemon logs; see [`Daemon::http_addr`]) so parallel daemons never collide.
+    pub http_extra: String,
+    /// Extra tables appended at the end (any but node, mqtt, topics, log, http).
     pub extra: String,
 }
 
@@ -309,6 +312,7 @@ impl TestConfig {
             port,
             summary_interval_secs: 1,
             mqtt_extra: String::new(),
+            http_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -322,6 +326,7 @@ impl TestConfig {
             port,
             summary_interval_secs,
             mqtt_extra,
+            http_extra,
             extra,
         } = self;
         format!(
@@ -329,7 +334,8 @@ impl TestConfig {
              [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nsubscribe = [\"{input_root}/#\"]\n\
              keep_alive_secs = 5\nreconnect_max_ms = 1000\n{mqtt_extra}\n\n\
              [topics]\ntemplate = \"{input_root}/{{site}}/{{sensor}}\"\nprefix = \"{prefix}\"\n\n\
-             [log]\nsummary_interval_secs = {summary_interval_secs}\n\n{extra}"
+             [log]\nsummary_interval_secs = {summary_interval_secs}\n\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n{http_extra}\n\n{extra}"
         )
     }
 
@@ -411,6 +417,20 @@ impl Daemon {
         Summary::parse(&line)
     }
 
+    /// The address of the daemon's HTTP endpoint, from its start-up log line (waits for it).
+    pub fn http_addr(&self) -> Result<std::net::SocketAddr> {
+        let line = self
+            .process
+            .wait_for_line(TIMEOUT, |l| l.contains("http endpoint listening"))
+            .with_context(|| format!("no http endpoint in the log:\n{}", self.output()))?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix("addr="))
+            .with_context(|| format!("no addr= in {line:?}"))?;
+        addr.parse()
+            .with_context(|| format!("bad address {addr:?} in {line:?}"))
+    }
+
     /// The last summary line logged so far.
     pub fn last_summary(&self) -> Option<Summary> {
         self.process
@@ -454,6 +474,28 @@ impl Summary {
     pub fn get(&self, name: &str) -> u64 {
         self.fields.get(name).copied().unwrap_or(0)
     }
+}
+
+/// `GET path` on `addr` (HTTP/1.1, `Connection: close`): the status code and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no blank line after the head in {response:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status code in {head:?}"))?;
+    Ok((status, body.to_string()))
 }
 
 #[cfg(test)]

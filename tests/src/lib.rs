@@ -20,8 +20,8 @@ pub mod broker;
 pub mod daemon;
 pub mod mqtt;
 
-pub use broker::{BrokerOptions, Mosquitto};
-pub use daemon::{daemon_binary, Daemon, Process, Summary, TestConfig};
+pub use broker::{free_port, BrokerOptions, Mosquitto};
+pub use daemon::{daemon_binary, http_get, Daemon, Process, Summary, TestConfig};
 pub use mqtt::{read_retained, Message, TestClient};
 
 use std::path::PathBuf;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sparsewatch_dsp::{PipelineParams, ValidPipelineParams};
 use thiserror::Error;
 
+use crate::mqtt::security::MqttSecurity;
 use crate::wire::TopicTemplate;
 
 /// The compiled-in default configuration, with a comment on every key.
@@ -28,6 +29,7 @@ pub struct Settings {
     pub output: OutputSettings,
     pub log: LogSettings,
     pub streams: StreamSettings,
+    pub http: HttpSettings,
     pub pipeline: PipelineParams,
 }
 
@@ -55,6 +57,12 @@ pub struct MqttSettings {
     pub persistent_session: bool,
     /// What happens to a message whose worker queue is full.
     pub overload: OverloadPolicy,
+    /// Empty: connect without credentials.
+    pub username: String,
+    /// File holding the password (one line; a trailing newline is ignored). A relative path
+    /// is looked up in `$CREDENTIALS_DIRECTORY` when set (systemd `LoadCredential=`).
+    pub password_file: String,
+    pub tls: TlsSettings,
 }
 
 /// What the ingest does with a message when its worker's queue is full.
@@ -66,6 +74,33 @@ pub enum OverloadPolicy {
     Hold,
     /// Drop the message, count it (`dropped_samples`) and acknowledge it anyway.
     Shed,
+}
+
+/// TLS towards the broker (rustls, ring provider).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub enabled: bool,
+    /// PEM file of the CA certificate(s) the broker's certificate must chain to. Empty: the
+    /// system's trust store.
+    pub ca_file: String,
+    /// PEM client certificate chain and private key for mutual TLS; both or neither. Relative
+    /// paths are looked up in `$CREDENTIALS_DIRECTORY` when set.
+    pub client_cert_file: String,
+    pub client_key_file: String,
+}
+
+/// The health and metrics HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub enabled: bool,
+    /// `ip:port` to listen on; port 0 picks a free port (logged at start).
+    pub listen: String,
+    /// `/healthz` fails when a DSP worker has not made progress for this long (seconds).
+    pub worker_stall_secs: u64,
+    /// `/readyz` fails when no message has arrived for this long (seconds); 0 = never.
+    pub input_stall_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,7 +189,7 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
-fn invalid(key: &str, reason: impl ToString) -> ConfigError {
+pub(crate) fn invalid(key: &str, reason: impl ToString) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         reason: reason.to_string(),
@@ -165,6 +200,10 @@ fn invalid(key: &str, reason: impl ToString) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct ValidSettings {
     pub settings: Settings,
+    /// TLS configuration and credentials, loaded and checked from their files.
+    pub mqtt_security: MqttSecurity,
+    /// `http.listen`, parsed.
+    pub http_listen: std::net::SocketAddr,
     pub pipeline: ValidPipelineParams,
     pub template: TopicTemplate,
 }
@@ -221,9 +260,15 @@ pub fn load_with_env(
         }
         Source::Text(text) => builder = builder.add_source(File::from_str(text, FileFormat::Toml)),
     }
+    let mut credentials_dir = None;
     let env: config::Map<String, String> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .filter(|(k, v)| {
+            if k == CREDENTIALS_DIRECTORY {
+                credentials_dir = Some(std::path::PathBuf::from(v));
+            }
+            k.starts_with(&format!("{ENV_PREFIX}__"))
+        })
         .collect();
     builder = builder.add_source(
         Environment::with_prefix(ENV_PREFIX)
@@ -238,11 +283,24 @@ pub fn load_with_env(
         .build()
         .and_then(Config::try_deserialize)
         .map_err(|e| ConfigError::Parse(e.to_string()))?;
-    validate(settings)
+    validate_with(settings, credentials_dir.as_deref())
 }
 
-/// Checks every value a type cannot express.
+/// Where systemd puts the files of `LoadCredential=`; relative secret paths are looked up there.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// Checks every value a type cannot express, and loads the secret and certificate files
+/// (relative paths in `$CREDENTIALS_DIRECTORY` of this process, when set).
 pub fn validate(settings: Settings) -> Result<ValidSettings, ConfigError> {
+    let dir = std::env::var_os(CREDENTIALS_DIRECTORY).map(std::path::PathBuf::from);
+    validate_with(settings, dir.as_deref())
+}
+
+/// As [`validate`], with the credentials directory given explicitly.
+pub fn validate_with(
+    settings: Settings,
+    credentials_dir: Option<&Path>,
+) -> Result<ValidSettings, ConfigError> {
     let s = &settings;
     check_topic_level("node.id", &s.node.id)?;
     check_topic_level("topics.prefix", &s.topics.prefix)?;
@@ -286,6 +344,28 @@ pub fn validate(settings: Settings) -> Result<ValidSettings, ConfigError> {
         ));
     }
     check_count("mqtt.request_queue", s.mqtt.request_queue, 1, 1 << 20)?;
+    let mqtt_security = crate::mqtt::security::load(&s.mqtt, credentials_dir)?;
+    let http_listen: std::net::SocketAddr = s.http.listen.parse().map_err(|_| {
+        invalid(
+            "http.listen",
+            format!(
+                "must be ip:port (e.g. \"127.0.0.1:9464\"), got {:?}",
+                s.http.listen
+            ),
+        )
+    })?;
+    if !(1..=86_400).contains(&s.http.worker_stall_secs) {
+        return Err(invalid(
+            "http.worker_stall_secs",
+            format!("must be in 1..=86400, got {}", s.http.worker_stall_secs),
+        ));
+    }
+    if s.http.input_stall_secs > 86_400 * 30 {
+        return Err(invalid(
+            "http.input_stall_secs",
+            format!("must be in 0..=2592000, got {}", s.http.input_stall_secs),
+        ));
+    }
     check_count("workers.count", s.workers.count, 1, 256)?;
     check_count(
         "workers.queue_capacity",
@@ -340,6 +420,8 @@ pub fn validate(settings: Settings) -> Result<ValidSettings, ConfigError> {
     })?;
     Ok(ValidSettings {
         settings,
+        mqtt_security,
+        http_listen,
         pipeline,
         template,
     })
@@ -484,6 +566,52 @@ mod tests {
         assert_eq!(v.settings.pipeline.alert.threshold, 0.999);
         let env = vec![("SPARSEWATCH__MQTT__PROT".to_string(), "1".to_string())];
         assert!(load_with_env(Source::Default, env).is_err());
+    }
+
+    #[test]
+    fn http_and_security_keys_are_checked_by_name() {
+        let cases = [
+            ("[http]\nlisten = \"localhost:9464\"\n", "http.listen"),
+            ("[http]\nworker_stall_secs = 0\n", "http.worker_stall_secs"),
+            ("[mqtt]\npassword_file = \"pw\"\n", "mqtt.password_file"),
+            (
+                "[mqtt]\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n",
+                "/nonexistent/pw",
+            ),
+            ("[mqtt.tls]\nca_file = \"ca.pem\"\n", "mqtt.tls.ca_file"),
+            (
+                "[mqtt.tls]\nenabled = true\nca_file = \"/nonexistent/ca.pem\"\n",
+                "mqtt.tls.ca_file",
+            ),
+            ("[mqtt.tls]\nenabeld = true\n", "enabeld"),
+        ];
+        for (text, key) in cases {
+            let err = load_with_env(Source::Text(text), no_env()).unwrap_err();
+            assert!(err.to_string().contains(key), "{text:?} gave {err}");
+        }
+        let v = load_with_env(Source::Default, no_env()).unwrap();
+        assert_eq!(v.http_listen, "127.0.0.1:9464".parse().unwrap());
+        assert!(!v.mqtt_security.tls());
+        assert_eq!(v.mqtt_security.username(), None);
+    }
+
+    #[test]
+    fn a_relative_password_file_is_read_from_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mqtt-password"), "s3cret\n").unwrap();
+        let text = "[mqtt]\nusername = \"u\"\npassword_file = \"mqtt-password\"\n";
+        let env = vec![(
+            CREDENTIALS_DIRECTORY.to_string(),
+            dir.path().display().to_string(),
+        )];
+        let v = load_with_env(Source::Text(text), env).unwrap();
+        assert_eq!(v.mqtt_security.username(), Some("u"));
+        assert!(
+            !format!("{v:?}").contains("s3cret"),
+            "Debug shows the password"
+        );
+        let err = load_with_env(Source::Text(text), no_env()).unwrap_err();
+        assert!(err.to_string().contains("mqtt.password_file"), "{err}");
     }
 
     #[test]

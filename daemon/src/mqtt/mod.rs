@@ -18,6 +18,10 @@
 //! can ever reach a new session (where its packet id may name another message). The broker
 //! redelivers what was not acknowledged, and the worker counts what it had already taken as a
 //! `duplicate`.
+//!
+//! `security`: TLS (rustls) and credentials, built from the configuration when it is checked.
+
+pub mod security;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +85,7 @@ pub fn options(v: &ValidSettings, started_at_ms: i64) -> MqttOptions {
         QoS::AtLeastOnce,
         true,
     ));
+    v.mqtt_security.apply(&mut o);
     o
 }
 
@@ -290,6 +295,7 @@ impl Ingest {
                     Metrics::inc(&self.metrics.connections);
                     Metrics::set(&self.metrics.broker_connected, 1);
                     self.connected.store(true, Ordering::Relaxed);
+                    self.metrics.health.connected();
                     if let Some(t) = lost_at.take() {
                         let ms = t.elapsed().as_millis() as u64;
                         Metrics::add(&self.metrics.outage_ms, ms);
@@ -329,6 +335,9 @@ impl Ingest {
                     }
                     Metrics::inc(&self.metrics.connection_errors);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection failed");
+                    if let Some(hint) = security::failure_hint(&e) {
+                        tracing::error!(error = %e, "{hint}");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.wake.notified() => {}
@@ -422,8 +431,19 @@ impl Ingest {
     /// Decodes one PUBLISH and hands it to its worker. Returns the reading when its worker
     /// has no room and the policy is "hold".
     fn on_publish(&self, p: Publish) -> Option<Dispatch> {
+        let started = Instant::now();
+        let held = self.take_publish(p);
+        self.metrics
+            .latency
+            .ingest_decode
+            .observe(started.elapsed());
+        held
+    }
+
+    fn take_publish(&self, p: Publish) -> Option<Dispatch> {
         let m = &self.metrics;
         Metrics::inc(&m.messages);
+        m.health.message_received();
         let token = (p.qos != QoS::AtMostOnce && manual_acks(&self.settings)).then(|| AckToken {
             epoch: self.acker.epoch(),
             pkid: p.pkid,
@@ -554,7 +574,8 @@ pub async fn publish_outbound(
                 let topic = format!("{}/{}", settings.topic_root(), entry.event.subtopic());
                 let retain = entry.event.retain();
                 let body = entry.event.payload();
-                if publish_tracked(
+                let started = Instant::now();
+                let delivered = publish_tracked(
                     &client,
                     &link,
                     topic,
@@ -565,8 +586,9 @@ pub async fn publish_outbound(
                     &mut outbox,
                     &metrics,
                 )
-                .await
-                {
+                .await;
+                metrics.latency.publish_event.observe(started.elapsed());
+                if delivered {
                     if let Ok(Some(done)) = outbox.pop_front().map_err(|e| {
                         tracing::error!(error = %e, "cannot record a delivered event in the spool file");
                     }) {

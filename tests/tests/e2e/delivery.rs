@@ -110,6 +110,7 @@ fn broker_restart_loses_nothing_and_takes_nothing_twice() {
         persistence: true,
         max_inflight: 20,
         max_queued: 1_000_000,
+        ..BrokerOptions::default()
     })
     .expect("start mosquitto");
     let config = TestConfig::new("broker-restart", broker.port());

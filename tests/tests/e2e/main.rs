@@ -11,6 +11,8 @@ mod delivery;
 mod demo;
 mod detection;
 mod garbage;
+mod http;
+mod security;
 mod status;
 
 use rand::SeedableRng;
