@@ -99,7 +99,10 @@ fn daemon_restart_loses_nothing_and_takes_nothing_twice() {
 
 /// N numbered QoS 1 messages, half before and half after the broker is stopped (SIGTERM, so
 /// Mosquitto saves its persistence file: sessions, subscriptions, unacknowledged messages) and
-/// started again on the same port. Proves: the daemon reconnects (reconnects ≥ 1, the outage
+/// started again on the same port. The broker keeps Mosquitto's default in-flight window of
+/// 20 per client, so most of the stream waits in its queue for the daemon's PUBACKs (with a
+/// large finite `max_queued_messages`: Mosquitto 2.0.11 stalls with 0 and a finite window).
+/// Proves: the daemon reconnects (reconnects ≥ 1, the outage
 /// is measured, broker_connected = 1 again), takes every message exactly once as a sample
 /// (samples = N, out_of_order 0): what the broker redelivers after the restart and the daemon
 /// had already taken is counted apart as duplicates, never as samples.
