@@ -77,10 +77,7 @@ pub async fn run_with_metrics(
         mqtt::options(&settings, started_at_ms),
         s.mqtt.request_queue,
     );
-    // Every message taken and not yet acknowledged is in a worker queue, being processed, or
-    // its token is here: room for all of them, so a worker never fails to hand one over.
-    let overflow = s.workers.count * (s.workers.queue_capacity + 1) + s.mqtt.request_queue;
-    let (acker, ack_overflow) = Acker::new(client.clone(), overflow, metrics.clone());
+    let acker = Acker::new(client.clone(), metrics.clone());
     // Codes have their own queue so a flood of them can never push an anomaly event out of
     // the output queue (they do share the MQTT client's request queue; codes are only queued
     // there with try_publish while connected, and are the first thing dropped).
@@ -136,7 +133,6 @@ pub async fn run_with_metrics(
         wake: Notify::new(),
         started_at_ms,
         acker,
-        ack_overflow,
         link,
     });
     let ingest_task = tokio::spawn(ingest.clone().drive(client.clone(), eventloop));

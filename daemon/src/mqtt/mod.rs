@@ -8,16 +8,19 @@
 //! ## Acknowledgements (at-least-once ingest)
 //!
 //! With a persistent session the client acknowledges QoS 1 messages itself (rumqttc manual
-//! acks). A message is acknowledged by the worker that owns its key, after it has taken the
-//! sample into the stream's state (or refused it for good): [`Acker::ack`] queues the PUBACK
-//! with `try_ack`, which also wakes the event loop. If the client's request queue is full the
-//! token goes to a bounded overflow channel that the ingest task drains after every poll.
-//! An acknowledgement is only valid on the connection that delivered the message: each token
-//! carries the connection's epoch, and when a connection fails the ingest bumps the epoch under
-//! the acker's lock and clears the client's queue of PUBACKs, so no PUBACK of a dead connection
-//! can ever reach a new session (where its packet id may name another message). The broker
-//! redelivers what was not acknowledged, and the worker counts what it had already taken as a
-//! `duplicate`.
+//! acks). A message is acknowledged after the worker that owns its key has taken the sample
+//! into the stream's state (or refused it for good). MQTT 3.1.1 (4.6) requires PUBACKs in the
+//! order the PUBLISHes arrived (Mosquitto tolerates any order, rumqttd drops the connection),
+//! but two workers finish in any order, so [`Acker`] keeps the received packet ids in arrival
+//! order, marks them done as workers report, and queues the PUBACKs of the done prefix with
+//! `try_ack` (which also wakes the event loop). Whatever the client's full request queue
+//! refuses stays in the prefix; the ingest task retries after every poll. An acknowledgement
+//! is only valid on the connection that delivered the message: tokens carry the connection's
+//! epoch, and when a connection fails the ingest bumps the epoch and empties the queue under
+//! the acker's lock and clears the client's queue of PUBACKs, so no PUBACK of a dead
+//! connection can ever reach a new session (where its packet id may name another message).
+//! The broker redelivers what was not acknowledged, and the worker counts what it had already
+//! taken as a `duplicate`.
 //!
 //! `security`: TLS (rustls) and credentials, built from the configuration when it is checked.
 
@@ -28,7 +31,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
 };
@@ -95,81 +97,103 @@ pub fn manual_acks(v: &ValidSettings) -> bool {
     v.settings.mqtt.qos >= 1
 }
 
-/// One QoS 1 message to acknowledge: its packet id on the connection (`epoch`) that
-/// delivered it.
+/// One QoS 1 message to acknowledge: its place in the arrival order of the connection
+/// (`epoch`) that delivered it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckToken {
     pub epoch: u64,
-    pub pkid: u16,
+    pub seq: u64,
+}
+
+/// Packet ids of the current connection's messages not yet acknowledged, in arrival order.
+#[derive(Debug, Default)]
+struct AckQueue {
+    epoch: u64,
+    /// Arrival number of the front entry, and of the next message.
+    base: u64,
+    next: u64,
+    /// (packet id, done by its worker).
+    entries: VecDeque<(u16, bool)>,
 }
 
 /// The acknowledgement path from the workers to the broker (see the module docs).
 pub struct Acker {
     client: AsyncClient,
-    /// The current connection's epoch; held while queueing a PUBACK, so a connection cannot
-    /// be retired half-way through.
-    epoch: Mutex<u64>,
-    overflow: Sender<AckToken>,
+    queue: Mutex<AckQueue>,
     metrics: Arc<Metrics>,
 }
 
 impl Acker {
-    /// The acker and the receiving end of its overflow channel (for the ingest task).
-    /// `overflow_capacity` must cover every message that can be unacknowledged at once (see
-    /// ARCHITECTURE.md); a token that does not fit is counted as stale and the message is
-    /// redelivered after the next reconnect.
-    pub fn new(
-        client: AsyncClient,
-        overflow_capacity: usize,
-        metrics: Arc<Metrics>,
-    ) -> (Arc<Self>, Receiver<AckToken>) {
-        let (tx, rx) = crossbeam_channel::bounded(overflow_capacity);
-        let acker = Arc::new(Self {
+    pub fn new(client: AsyncClient, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
             client,
-            epoch: Mutex::new(0),
-            overflow: tx,
+            queue: Mutex::new(AckQueue::default()),
             metrics,
-        });
-        (acker, rx)
+        })
     }
 
-    /// The epoch of the connection that is up (or was last up).
-    pub fn epoch(&self) -> u64 {
-        *self.epoch.lock().expect("epoch lock")
+    /// Registers a QoS 1 message as it arrives; its PUBACK waits for [`Acker::ack`].
+    pub fn register(&self, pkid: u16) -> AckToken {
+        let mut q = self.queue.lock().expect("ack queue lock");
+        let seq = q.next;
+        q.next += 1;
+        q.entries.push_back((pkid, false));
+        AckToken {
+            epoch: q.epoch,
+            seq,
+        }
     }
 
-    /// Queues the PUBACK for `token`; never blocks.
+    /// Marks the message done and queues every PUBACK now due in arrival order; never
+    /// blocks.
     pub fn ack(&self, token: AckToken) {
-        if !self.try_ack(token) && self.overflow.try_send(token).is_err() {
+        let mut q = self.queue.lock().expect("ack queue lock");
+        if token.epoch != q.epoch || token.seq < q.base {
             Metrics::inc(&self.metrics.stale_acks);
+            return;
         }
+        let i = (token.seq - q.base) as usize;
+        if let Some(e) = q.entries.get_mut(i) {
+            e.1 = true;
+        }
+        self.send_due(&mut q);
     }
 
-    /// Queues the PUBACK if the request queue has room; true when done (or not owed any more:
-    /// the connection is gone).
-    fn try_ack(&self, token: AckToken) -> bool {
-        let epoch = self.epoch.lock().expect("epoch lock");
-        if token.epoch != *epoch {
-            Metrics::inc(&self.metrics.stale_acks);
-            return true;
-        }
-        let mut p = Publish::new("", QoS::AtLeastOnce, Vec::<u8>::new());
-        p.pkid = token.pkid;
-        match self.client.try_ack(&p) {
-            Ok(()) => {
-                Metrics::inc(&self.metrics.acks);
-                true
+    /// Queues the PUBACKs of the done prefix until the request queue is full.
+    fn send_due(&self, q: &mut AckQueue) {
+        while let Some(&(pkid, true)) = q.entries.front() {
+            let mut p = Publish::new("", QoS::AtLeastOnce, Vec::<u8>::new());
+            p.pkid = pkid;
+            if self.client.try_ack(&p).is_err() {
+                break;
             }
-            Err(_) => false,
+            q.entries.pop_front();
+            q.base += 1;
+            Metrics::inc(&self.metrics.acks);
         }
     }
 
-    /// Retires the connection that just failed: later tokens of it are stale, and PUBACKs of
-    /// it still queued in the client are removed (`EventLoop::clean` drops queued PUBACKs and
-    /// keeps everything else, in order).
+    /// Retries what a full request queue refused (the ingest task, after every poll).
+    fn flush(&self) {
+        let mut q = self.queue.lock().expect("ack queue lock");
+        self.send_due(&mut q);
+    }
+
+    /// Whether every message taken has had its PUBACK queued.
+    fn all_sent(&self) -> bool {
+        let q = self.queue.lock().expect("ack queue lock");
+        q.entries.iter().all(|e| !e.1)
+    }
+
+    /// Retires the connection that just failed: its tokens become stale, its unacknowledged
+    /// ids are forgotten (the broker redelivers those messages), and PUBACKs of it still
+    /// queued in the client are removed (`EventLoop::clean` drops queued PUBACKs and keeps
+    /// everything else, in order).
     fn retire_connection(&self, eventloop: &mut EventLoop) {
-        let mut epoch = self.epoch.lock().expect("epoch lock");
-        *epoch += 1;
+        let mut q = self.queue.lock().expect("ack queue lock");
+        q.epoch += 1;
+        q.entries.clear();
+        q.base = q.next;
         eventloop.clean();
     }
 }
@@ -263,8 +287,6 @@ pub struct Ingest {
     pub wake: Notify,
     pub started_at_ms: i64,
     pub acker: Arc<Acker>,
-    /// Acknowledgements the client's request queue had no room for.
-    pub ack_overflow: Receiver<AckToken>,
     pub link: Arc<Link>,
 }
 
@@ -280,13 +302,12 @@ impl Ingest {
         let mqtt = &self.settings.settings.mqtt;
         let mut backoff = Duration::from_millis(mqtt.reconnect_min_ms);
         let max_backoff = Duration::from_millis(mqtt.reconnect_max_ms);
-        let mut backlog: VecDeque<AckToken> = VecDeque::new();
         let mut lost_at: Option<Instant> = None;
         let mut held: Option<Dispatch> = None;
         let mut disconnect_sent = false;
         loop {
             if let Some(d) = held.take() {
-                self.hold(d, &mut backlog).await;
+                self.hold(d).await;
             }
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -321,10 +342,6 @@ impl Ingest {
                 Ok(_) => {}
                 Err(e) => {
                     self.acker.retire_connection(&mut eventloop);
-                    backlog.clear();
-                    while self.ack_overflow.try_recv().is_ok() {
-                        Metrics::inc(&self.metrics.stale_acks);
-                    }
                     if self.connected.swap(false, Ordering::Relaxed) {
                         lost_at = Some(Instant::now());
                         Metrics::set(&self.metrics.broker_connected, 0);
@@ -349,14 +366,10 @@ impl Ingest {
                     continue;
                 }
             }
-            self.flush_acks(&mut backlog);
+            self.acker.flush();
             // A clean stop: every acknowledgement the workers made goes out before the
             // DISCONNECT (they share the client's queue, in order).
-            if self.stopping.load(Ordering::Relaxed)
-                && !disconnect_sent
-                && backlog.is_empty()
-                && self.ack_overflow.is_empty()
-            {
+            if self.stopping.load(Ordering::Relaxed) && !disconnect_sent && self.acker.all_sent() {
                 disconnect_sent = client.try_disconnect().is_ok();
             }
         }
@@ -369,24 +382,12 @@ impl Ingest {
         self.wake.notify_one();
     }
 
-    /// Queues the acknowledgements the request queue had no room for, oldest first, until it
-    /// is full again.
-    fn flush_acks(&self, backlog: &mut VecDeque<AckToken>) {
-        backlog.extend(self.ack_overflow.try_iter());
-        while let Some(&t) = backlog.front() {
-            if !self.acker.try_ack(t) {
-                break;
-            }
-            backlog.pop_front();
-        }
-    }
-
     /// Overload policy "hold": stops reading from the broker until the worker that owns `d`
     /// has room again (its queue at most half full), then hands it over. The acknowledgement
-    /// path does not need this task's polling to make progress: workers keep acknowledging
-    /// into the client's queue or the overflow channel, which is bounded by the messages
-    /// taken (see ARCHITECTURE.md), and their PUBACKs leave when polling resumes.
-    async fn hold(&self, mut d: Dispatch, backlog: &mut VecDeque<AckToken>) {
+    /// path does not need this task's polling to make progress: workers mark their messages
+    /// done in the acker (bounded by the messages taken, see ARCHITECTURE.md), and the
+    /// PUBACKs leave when polling resumes.
+    async fn hold(&self, mut d: Dispatch) {
         Metrics::inc(&self.metrics.ingest_holds);
         loop {
             {
@@ -403,7 +404,6 @@ impl Ingest {
                     }
                 }
             }
-            backlog.extend(self.ack_overflow.try_iter());
             tokio::time::sleep(HOLD_POLL).await;
         }
     }
@@ -444,10 +444,8 @@ impl Ingest {
         let m = &self.metrics;
         Metrics::inc(&m.messages);
         m.health.message_received();
-        let token = (p.qos != QoS::AtMostOnce && manual_acks(&self.settings)).then(|| AckToken {
-            epoch: self.acker.epoch(),
-            pkid: p.pkid,
-        });
+        let token = (p.qos != QoS::AtMostOnce && manual_acks(&self.settings))
+            .then(|| self.acker.register(p.pkid));
         let now = now_ms();
         let Some(key) = self.settings.template.key(&p.topic) else {
             Metrics::inc(&m.unknown_topics);
