@@ -598,6 +598,68 @@ mod tests {
         }
     }
 
+    /// The portable kernels (what non-x86 targets run) agree with the dispatched ones: x̂ for
+    /// every plane count's shape, argmax (same RNG draws) and the familiarity at K = 16.
+    #[test]
+    fn portable_kernels_match_the_dispatched_ones() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(8);
+        for (modules, cells, words) in [(32, 16, 16), (7, 5, 5), (256, 2, 9), (1, 3, 4)] {
+            let rows: Vec<u64> = (0..modules * cells * words)
+                .map(|_| rng.random::<u64>() & rng.random::<u64>())
+                .collect();
+            let code: Vec<u16> = (0..modules)
+                .map(|_| rng.random_range(0..cells) as u16)
+                .collect();
+            let mut bank = Bank::new(modules * cells, words);
+            bank.rows.clone_from(&rows);
+            for need in [1, modules.div_ceil(2), modules] {
+                let mut fast = vec![0u64; words];
+                bank.at_least(&code, cells, need, &mut fast);
+                let mut portable = vec![0u64; words];
+                let planes = (usize::BITS - modules.leading_zeros()) as usize;
+                match planes {
+                    1 => at_least_body::<1>(&rows, words, 0, &code, cells, need, &mut portable),
+                    2 => at_least_body::<2>(&rows, words, 0, &code, cells, need, &mut portable),
+                    3 => at_least_body::<3>(&rows, words, 0, &code, cells, need, &mut portable),
+                    6 => at_least_body::<6>(&rows, words, 0, &code, cells, need, &mut portable),
+                    9 => at_least_body::<9>(&rows, words, 0, &code, cells, need, &mut portable),
+                    _ => unreachable!(),
+                }
+                for j in 0..words * 64 {
+                    let votes = code
+                        .iter()
+                        .enumerate()
+                        .filter(|&(m, &c)| {
+                            rows[(m * cells + c as usize) * words + j / 64] >> (j % 64) & 1 == 1
+                        })
+                        .count();
+                    assert_eq!(portable[j / 64] >> (j % 64) & 1 == 1, votes >= need);
+                }
+                assert_eq!(fast, portable, "Q {modules} K {cells} need {need}");
+            }
+        }
+        let p = MemoryParams::default();
+        let mut csa = Csa::new(&p, 40);
+        csa.set_active(40);
+        for case in 0..200u64 {
+            let top = if case % 2 == 0 { 3 } else { 40 };
+            let u: Vec<u16> = (0..512).map(|_| rng.random_range(0..=top)).collect();
+            let (mut r1, mut r2) = (
+                Xoshiro256PlusPlus::seed_from_u64(case),
+                Xoshiro256PlusPlus::seed_from_u64(case),
+            );
+            let (mut c1, mut c2) = (vec![0u16; 32], vec![0u16; 32]);
+            csa.argmax(&u, &mut r1, &mut c1);
+            csa.argmax_body(&u, &mut r2, &mut c2);
+            assert_eq!(c1, c2);
+            assert_eq!(r1, r2, "same draws");
+            assert_eq!(
+                csa.familiarity(&u).to_bits(),
+                csa.familiarity_body(&u).to_bits()
+            );
+        }
+    }
+
     /// The transpose stays the transpose through writes, clears and a serde round trip (which
     /// rebuilds it), and column sums over x's bits equal the row-wise AND + popcount.
     #[test]
