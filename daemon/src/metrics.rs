@@ -1,7 +1,7 @@
 //! Counters shared by the MQTT task, the workers and the publisher, and the periodic one-line
 //! summary. Plain relaxed atomics: each counter is independent and only ever read for display.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -9,6 +9,8 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct Metrics {
             $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Lifecycle flags and times (not counters): readiness and checkpoint age.
+            pub readiness: Readiness,
         }
 
         /// A copy of the counters at one instant.
@@ -63,6 +65,52 @@ counters! {
     connection_errors,
     /// Sensor streams currently tracked.
     streams,
+    /// Streams restored from a checkpoint at start.
+    restored_streams,
+    /// Checkpoints written (periodic and at stop).
+    checkpoints_written,
+    /// Checkpoint writes that failed (full disk, I/O error, a worker that did not answer).
+    checkpoint_failures,
+    /// Checkpoint files (or streams in them) rejected at start: corrupt, incompatible, or
+    /// learned with a different model configuration.
+    checkpoint_rejected,
+    /// Configuration reloads applied (SIGHUP).
+    reloads,
+    /// Configuration reloads rejected (the new file did not load or validate).
+    reload_failures,
+}
+
+/// Where the daemon stands in its lifecycle, for health checks: set by the service, read by
+/// anyone (`/readyz`, checkpoint age in `/metrics`).
+#[derive(Debug)]
+pub struct Readiness {
+    /// The checkpoint (if any) has been restored and the workers run: the daemon may report
+    /// ready (systemd's READY=1 is sent at the same moment).
+    pub state_restored: AtomicBool,
+    /// Wall-clock ms of the snapshot in the last checkpoint written or restored; `i64::MIN`
+    /// when there is none.
+    pub last_checkpoint_ms: AtomicI64,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            state_restored: AtomicBool::new(false),
+            last_checkpoint_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
+impl Readiness {
+    pub fn is_restored(&self) -> bool {
+        self.state_restored.load(Ordering::Relaxed)
+    }
+
+    /// Seconds since the last checkpoint's snapshot, `None` when there is none.
+    pub fn checkpoint_age_secs(&self, now_ms: i64) -> Option<f64> {
+        let at = self.last_checkpoint_ms.load(Ordering::Relaxed);
+        (at != i64::MIN).then(|| (now_ms - at).max(0) as f64 / 1000.0)
+    }
 }
 
 impl Metrics {

@@ -5,7 +5,7 @@
 //! `poll` and the reconnect backoff, and it never blocks (dispatch is a `try_send`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{CodeFormat, ValidSettings};
 use crate::metrics::{now_ms, LogLimiter, Metrics};
-use crate::wire::{decode_payload, AnomalyMessage, CodeMessage, Reading, StatusMessage};
+use crate::wire::{
+    decode_payload, AnomalyMessage, CodeMessage, Reading, StatusMessage, TopicTemplate,
+};
 use crate::worker::Workers;
 
 /// Room above `max_payload_bytes` for the topic and header, so a payload that is merely too
@@ -72,6 +74,8 @@ pub struct Ingest {
     pub connected: Arc<AtomicBool>,
     pub wake: Notify,
     pub started_at_ms: i64,
+    /// The topic → sensor key mapping in force (`topics.template`; a reload replaces it).
+    pub template: RwLock<TopicTemplate>,
 }
 
 static TOPIC_LOG: LogLimiter = LogLimiter::new(10_000);
@@ -149,10 +153,14 @@ impl Ingest {
         let m = &self.metrics;
         Metrics::inc(&m.messages);
         let now = now_ms();
-        let Some(key) = self.settings.template.key(topic) else {
+        let Some(key) = self.template.read().expect("template lock").key(topic) else {
             Metrics::inc(&m.unknown_topics);
             if let Some(held) = TOPIC_LOG.allow(now) {
-                tracing::warn!(topic, template = %self.settings.settings.topics.template, suppressed = held, "topic does not match the template; skipped");
+                tracing::warn!(
+                    topic,
+                    suppressed = held,
+                    "topic does not match topics.template; skipped"
+                );
             }
             return;
         };
