@@ -47,7 +47,10 @@ pub fn inspect_path(path: &Path) -> std::io::Result<Vec<Inspection>> {
 }
 
 impl Inspection {
-    /// A header with the file's facts, then one line per stream.
+    /// A header with the file's facts, then one line per stream, by key: channel names,
+    /// record bytes, samples and windows seen, samples buffered towards the next window,
+    /// alert state, detector, dictionary dimension, version and learning steps, detections
+    /// (the last anomaly sequence number), and the memory's fill and learned windows.
     pub fn render(&self) -> String {
         let mut s = String::new();
         let c = match &self.result {
@@ -73,13 +76,13 @@ impl Inspection {
         );
         let _ = writeln!(
             s,
-            "{:<28} {:>8} {:>9} {:>9} {:>8} {:>5} {:>9} {:>9} {:>4} {:>6} {:>6} {:>9} {:>7} {:>7}",
+            "{:<28} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6} {:>6} {:>9} {:>7} {:>7}",
             "key",
             "channels",
             "bytes",
             "samples",
             "windows",
-            "held",
+            "buffered",
             "state",
             "detector",
             "dict",
@@ -89,7 +92,9 @@ impl Inspection {
             "mem_fill",
             "mem_n"
         );
-        for st in &c.streams {
+        let mut streams: Vec<_> = c.streams.iter().collect();
+        streams.sort_by(|a, b| a.record.key.cmp(&b.record.key));
+        for st in streams {
             let p = &st.record.pipeline;
             let k = p.counters();
             let state = match p.alert_state() {
@@ -113,7 +118,7 @@ impl Inspection {
                 .unwrap_or_else(|| ("-".into(), "-".into()));
             let _ = writeln!(
                 s,
-                "{:<28} {:>8} {:>9} {:>9} {:>8} {:>5} {:>9} {:>9} {:>4} {:>6} {:>6} {:>9} {:>7} {:>7}",
+                "{:<28} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6} {:>6} {:>9} {:>7} {:>7}",
                 st.record.key,
                 st.record.channels.join(","),
                 st.bytes,
