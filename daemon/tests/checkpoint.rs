@@ -425,3 +425,43 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// A reload reaches every stream: new alert thresholds (and code output settings) are
+/// applied in place, and everything the stream learned stays as it was.
+#[test]
+fn a_reload_changes_thresholds_and_keeps_learned_state() {
+    let record = learned("site/s1", 2_000);
+    let before = record.pipeline.clone();
+    let workers = Workers::spawn_restored(2, 8, context(10), vec![record]).unwrap();
+    let mut alert = params().get().alert.clone();
+    alert.threshold = 0.995;
+    alert.release_windows = 3;
+    workers
+        .controls()
+        .reload(&sparsewatch::worker::LiveWorkerSettings {
+            alert: alert.clone(),
+            codes_every: None,
+        })
+        .unwrap();
+    let records = workers
+        .controls()
+        .snapshot(Duration::from_secs(10))
+        .unwrap();
+    workers.join();
+    let meta = Meta {
+        created_ms: 0,
+        node: "n".into(),
+        daemon_version: "t".into(),
+        streams: 1,
+    };
+    let after = decode_file(&encode_file(&meta, &records))
+        .unwrap()
+        .streams
+        .remove(0)
+        .record
+        .pipeline;
+    assert_eq!(after.params().alert, alert);
+    assert_eq!(after.counters(), before.counters());
+    assert_eq!(after.dictionary(), before.dictionary());
+    assert_eq!(after.alert_state(), before.alert_state());
+}
