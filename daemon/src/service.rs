@@ -278,7 +278,14 @@ pub fn state_dir(settings: &ValidSettings, state_directory: Option<&PathBuf>) ->
 
 fn open_store(settings: &ValidSettings, life: &Lifecycle) -> Option<Arc<Mutex<Store>>> {
     let Some(dir) = state_dir(settings, life.state_directory.as_ref()) else {
-        tracing::warn!("no state directory (state.dir is empty and $STATE_DIRECTORY is unset): learned state is not kept across restarts");
+        const WHY: &str = "no state directory (state.dir is empty and $STATE_DIRECTORY is unset): learned state is not kept across restarts";
+        // A warning for `sparsewatch run` (it takes reloads); the demo and tests embed the
+        // service without a state directory on purpose.
+        if life.reload.is_some() {
+            tracing::warn!("{WHY}");
+        } else {
+            tracing::info!("{WHY}");
+        }
         return None;
     };
     match Store::open(&dir) {
@@ -366,9 +373,10 @@ fn write_checkpoint(
         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
         streams: records.len() as u64,
     };
-    let bytes = checkpoint::encode_file(&meta, &records);
+    let file = checkpoint::FileParts::new(&meta, &records);
+    let bytes = file.len();
     let store = store.lock().expect("store lock");
-    match store.save(&bytes) {
+    match store.save_parts(file.parts()) {
         Ok(()) => {
             Metrics::inc(&metrics.checkpoints_written);
             metrics
@@ -377,14 +385,14 @@ fn write_checkpoint(
                 .store(meta.created_ms, Ordering::Relaxed);
             tracing::info!(
                 streams = meta.streams,
-                bytes = bytes.len(),
+                bytes,
                 ms = t0.elapsed().as_millis() as u64,
                 "{what} checkpoint written"
             );
         }
         Err(e) => {
             Metrics::inc(&metrics.checkpoint_failures);
-            tracing::error!(dir = %store.dir().display(), error = %e, bytes = bytes.len(), "{what} checkpoint failed; the previous checkpoint is kept");
+            tracing::error!(dir = %store.dir().display(), error = %e, bytes, "{what} checkpoint failed; the previous checkpoint is kept");
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sparsewatch::checkpoint::store::{CURRENT, PREVIOUS, REJECTED_SUFFIX, TMP};
 use sparsewatch::checkpoint::{
-    self, decode_file, encode_file, encode_stream, inspect_path, CheckpointError, Fault,
+    self, decode_file, encode_file, encode_stream, inspect_path, CheckpointError, Fault, FileParts,
     Generation, Meta, Store, StreamRecord,
 };
 use sparsewatch::metrics::Metrics;
@@ -61,13 +61,24 @@ fn file_of(records: &[StreamRecord], created_ms: i64) -> Vec<u8> {
     encode_file(&meta, &encoded)
 }
 
-/// Two generations on disk: `old` (1 stream) saved first, then `new` (2 streams).
+/// Two generations on disk: `old` (1 stream) saved first, then `new` (2 streams), the
+/// second written part by part as the daemon does.
 fn two_generations(dir: &Path) -> Store {
     let store = Store::open(dir).unwrap();
     store.save(&file_of(&[learned("a/1", 300)], 1_000)).unwrap();
-    store
-        .save(&file_of(&[learned("a/1", 600), learned("a/2", 200)], 2_000))
-        .unwrap();
+    let records: Vec<Vec<u8>> = [learned("a/1", 600), learned("a/2", 200)]
+        .iter()
+        .map(|r| encode_stream(&r.key, &r.channels, &r.pipeline))
+        .collect();
+    let meta = Meta {
+        created_ms: 2_000,
+        node: "edge-1".into(),
+        daemon_version: "test".into(),
+        streams: 2,
+    };
+    let parts = FileParts::new(&meta, &records);
+    assert_eq!(parts.len(), encode_file(&meta, &records).len());
+    store.save_parts(parts.parts()).unwrap();
     store
 }
 

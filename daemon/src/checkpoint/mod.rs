@@ -125,28 +125,77 @@ pub fn encode_stream(key: &str, channels: &[String], pipeline: &Pipeline) -> Vec
     out
 }
 
-/// The bytes of a checkpoint file holding `meta` and the encoded `streams`.
+/// The bytes of a checkpoint file holding `meta` and the encoded `streams`, in one buffer.
 pub fn encode_file(meta: &Meta, streams: &[Vec<u8>]) -> Vec<u8> {
-    let mut meta_bytes = Vec::new();
-    ciborium::into_writer(meta, &mut meta_bytes).expect("meta serialises");
-    let payload_len: usize =
-        4 + meta_bytes.len() + streams.iter().map(|s| 4 + s.len()).sum::<usize>();
-    let mut out = Vec::with_capacity(HEADER_LEN + payload_len);
-    out.extend_from_slice(&[0; HEADER_LEN]);
-    for record in std::iter::once(&meta_bytes).chain(streams) {
-        let len = u32::try_from(record.len()).expect("a stream record is below 4 GiB");
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(record);
+    let file = FileParts::new(meta, streams);
+    let mut out = Vec::with_capacity(file.len());
+    for part in file.parts() {
+        out.extend_from_slice(part);
     }
-    let crc = crc32fast::hash(&out[HEADER_LEN..]);
-    out[..8].copy_from_slice(&MAGIC);
-    out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out[12..16].copy_from_slice(&0u32.to_le_bytes());
-    out[16..24].copy_from_slice(&(payload_len as u64).to_le_bytes());
-    out[24..28].copy_from_slice(&crc.to_le_bytes());
-    let header_crc = crc32fast::hash(&out[..28]);
-    out[28..32].copy_from_slice(&header_crc.to_le_bytes());
     out
+}
+
+/// A checkpoint file as a sequence of slices (header + meta, then each record's length and
+/// bytes), so it can be written without first copying every record into one buffer.
+pub struct FileParts<'a> {
+    head: Vec<u8>,
+    lengths: Vec<[u8; 4]>,
+    streams: &'a [Vec<u8>],
+}
+
+impl<'a> FileParts<'a> {
+    pub fn new(meta: &Meta, streams: &'a [Vec<u8>]) -> Self {
+        let mut meta_bytes = Vec::new();
+        ciborium::into_writer(meta, &mut meta_bytes).expect("meta serialises");
+        let len4 = |n: usize| {
+            u32::try_from(n)
+                .expect("a stream record is below 4 GiB")
+                .to_le_bytes()
+        };
+        let lengths: Vec<[u8; 4]> = streams.iter().map(|s| len4(s.len())).collect();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&len4(meta_bytes.len()));
+        crc.update(&meta_bytes);
+        for (len, record) in lengths.iter().zip(streams) {
+            crc.update(len);
+            crc.update(record);
+        }
+        let payload_len = 4 + meta_bytes.len() + streams.iter().map(|s| 4 + s.len()).sum::<usize>();
+        let mut head = Vec::with_capacity(HEADER_LEN + 4 + meta_bytes.len());
+        head.extend_from_slice(&MAGIC);
+        head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        head.extend_from_slice(&(payload_len as u64).to_le_bytes());
+        head.extend_from_slice(&crc.finalize().to_le_bytes());
+        let header_crc = crc32fast::hash(&head);
+        head.extend_from_slice(&header_crc.to_le_bytes());
+        head.extend_from_slice(&len4(meta_bytes.len()));
+        head.extend_from_slice(&meta_bytes);
+        Self {
+            head,
+            lengths,
+            streams,
+        }
+    }
+
+    /// The file's bytes, in order.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.head.as_slice()).chain(
+            self.lengths
+                .iter()
+                .zip(self.streams)
+                .flat_map(|(len, record)| [len.as_slice(), record.as_slice()]),
+        )
+    }
+
+    /// Size of the file.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.streams.iter().map(|s| 4 + s.len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 /// Checks and decodes a checkpoint file's bytes. Every stream is decoded, so a record this

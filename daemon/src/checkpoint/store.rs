@@ -109,8 +109,15 @@ impl Store {
     /// previous, temporary → current, fsync of the directory. On an error the temporary file
     /// is removed and the existing generations are untouched.
     pub fn save(&self, bytes: &[u8]) -> io::Result<()> {
+        self.save_parts([bytes])
+    }
+
+    /// As [`save`](Self::save), the file given as consecutive slices (see
+    /// [`super::FileParts`]), written in order without joining them first.
+    pub fn save_parts<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
         let tmp = self.path(TMP);
-        let result = self.write_tmp(&tmp, bytes);
+        let parts: Vec<&[u8]> = parts.into_iter().collect();
+        let result = self.write_tmp(&tmp, &parts);
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(e);
@@ -123,7 +130,7 @@ impl Store {
         File::open(&self.dir)?.sync_all()
     }
 
-    fn write_tmp(&self, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    fn write_tmp(&self, tmp: &Path, parts: &[&[u8]]) -> io::Result<()> {
         match fs::remove_file(tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -135,22 +142,44 @@ impl Store {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut file = opts.open(tmp)?;
-        match &self.fault {
-            None => file.write_all(bytes)?,
-            Some(Fault::EnospcAfter(n)) => {
-                let n = (*n as usize).min(bytes.len());
-                file.write_all(&bytes[..n])?;
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        let mut file = io::BufWriter::with_capacity(64 * 1024, opts.open(tmp)?);
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        // Where an injected fault strikes, in bytes from the start of the file.
+        let stop_at = match &self.fault {
+            None => usize::MAX,
+            Some(Fault::EnospcAfter(n)) => (*n as usize).min(total),
+            Some(Fault::PauseAfterHalf(_)) => total / 2,
+        };
+        let mut written = 0usize;
+        for part in parts {
+            if written + part.len() <= stop_at {
+                file.write_all(part)?;
+                written += part.len();
+                continue;
             }
-            Some(Fault::PauseAfterHalf(marker)) => {
-                file.write_all(&bytes[..bytes.len() / 2])?;
-                file.sync_all()?;
-                fs::write(marker, b"paused")?;
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-                file.write_all(&bytes[bytes.len() / 2..])?;
+            let (before, after) = part.split_at(stop_at.saturating_sub(written));
+            file.write_all(before)?;
+            match &self.fault {
+                Some(Fault::PauseAfterHalf(marker)) => {
+                    file.flush()?;
+                    file.get_ref().sync_all()?;
+                    fs::write(marker, b"paused")?;
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                    file.write_all(after)?;
+                    written = usize::MAX / 2;
+                }
+                _ => {
+                    file.flush()?;
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+                }
             }
         }
+        if let Some(Fault::EnospcAfter(_)) = self.fault {
+            // The file fitted in the allowance: the disk fills up at the end.
+            file.flush()?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let file = file.into_inner().map_err(io::IntoInnerError::into_error)?;
         file.sync_all()
     }
 
