@@ -21,6 +21,12 @@
 //! - [`metrics`]: the counters, stage latency histograms, health state and queue probes, their
 //!   Prometheus exposition, and the periodic one-line summary; rate-limited warnings.
 //! - [`http`]: the health and metrics endpoint (`/metrics`, `/healthz`, `/readyz`).
+//! - [`metrics`]: the counters and the periodic one-line summary; rate-limited warnings;
+//!   the readiness flag and checkpoint age ([`metrics::Readiness`]).
+//! - [`checkpoint`]: the learned state of every stream on disk (versioned, checksummed,
+//!   written atomically, one generation kept back) and `sparsewatch inspect`.
+//! - [`systemd`]: `sd_notify` (READY, STOPPING, RELOADING, WATCHDOG) without libsystemd.
+//! - [`reload`]: what a SIGHUP reload changes live and what waits for a restart.
 //! - [`fixtures`]: recorded traffic (JSONL of MQTT messages) and its labels.
 //! - [`eval`]: `sparsewatch eval`, the pipeline replayed over labelled benchmarks (NAB, SKAB)
 //!   and scored: NAB's scorer and SKAB's row metrics.
@@ -31,6 +37,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for threads, channels and their capacities.
 
+pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod eval;
@@ -40,7 +47,9 @@ pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod plot;
+pub mod reload;
 pub mod replay;
 pub mod service;
+pub mod systemd;
 pub mod wire;
 pub mod worker;

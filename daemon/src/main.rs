@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sparsewatch::config::{self, Source, ValidSettings};
-use sparsewatch::{demo, eval, replay, service};
+use sparsewatch::{checkpoint, demo, eval, replay, service};
 use sparsewatch_dsp::DetectorKind;
 
 #[derive(Parser)]
@@ -27,6 +27,12 @@ enum Command {
         /// TOML configuration file (keys not given take their defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Print what a checkpoint holds: streams, sizes, age, dictionary and memory statistics.
+    /// Exit 1 when a file is unusable (the reason is printed).
+    Inspect {
+        /// A state directory (both generations are shown) or one checkpoint file.
+        state: PathBuf,
     },
     /// Check a configuration file (and SPARSEWATCH__* overrides) and print the result.
     CheckConfig { file: PathBuf },
@@ -104,8 +110,9 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             init_tracing(&settings.settings.log.level);
-            runtime_result(run_daemon(settings))
+            runtime_result(run_daemon(settings, config))
         }
+        Command::Inspect { state } => inspect(&state),
         Command::Demo { fixture, speed } => {
             init_tracing("warn,rumqttd=off,sparsewatch::mqtt=error");
             let opts = demo::DemoOptions { fixture, speed };
@@ -172,11 +179,51 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn run_daemon(settings: ValidSettings) -> anyhow::Result<()> {
+fn run_daemon(settings: ValidSettings, config: Option<PathBuf>) -> anyhow::Result<()> {
     tokio_runtime()?.block_on(async move {
-        service::run(settings, shutdown_signal()).await?;
+        let reload = reload_requests()?;
+        let life = service::Lifecycle::from_env(config, reload);
+        let metrics = std::sync::Arc::new(sparsewatch::metrics::Metrics::default());
+        service::run_service(settings, metrics, shutdown_signal(), life).await?;
         Ok(())
     })
+}
+
+/// One message per SIGHUP (systemd's `ExecReload=kill -HUP $MAINPID`). Installed before the
+/// service starts, so an early SIGHUP is a reload request, not the default "terminate".
+fn reload_requests() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    // Capacity: SIGHUPs that arrive while a reload runs fold into one more reload.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the configuration");
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(rx)
+}
+
+fn inspect(state: &std::path::Path) -> ExitCode {
+    match checkpoint::inspect_path(state) {
+        Ok(reports) => {
+            let mut ok = true;
+            for r in &reports {
+                print!("{}", r.render());
+                ok &= r.result.is_ok();
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("sparsewatch: {}: {e}", state.display());
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM (systemd's stop signal).

@@ -123,6 +123,19 @@ counters! {
     /// No-data conditions raised and cleared.
     nodata_raised,
     nodata_cleared,
+    /// Streams restored from a checkpoint at start.
+    restored_streams,
+    /// Checkpoints written (periodic and at stop).
+    checkpoints_written,
+    /// Checkpoint writes that failed (full disk, I/O error, a worker that did not answer).
+    checkpoint_failures,
+    /// Checkpoint files (or streams in them) rejected at start: corrupt, incompatible, or
+    /// learned with a different model configuration.
+    checkpoint_rejected,
+    /// Configuration reloads applied (SIGHUP).
+    reloads,
+    /// Configuration reloads rejected (the new file did not load or validate).
+    reload_failures,
 }
 
 impl Metrics {

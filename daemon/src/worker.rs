@@ -8,18 +8,27 @@
 //! it) it acknowledges the MQTT message ([`Acker`]). Events leave it through a bounded tokio
 //! channel with `try_send`, so a stalled publisher costs counted events, never a stalled
 //! worker.
+//!
+//! Besides readings, each worker takes [`Control`] requests on a small channel of its own
+//! (snapshots for checkpoints, live settings on reload), beats its heartbeat
+//! ([`metrics::Heartbeat`](crate::metrics::Heartbeat)) after every message and at least every
+//! [`HEARTBEAT_EVERY`] while idle (the systemd watchdog is fed and `/healthz` passes only while
+//! every worker beats), and hands back the encoded state of its streams when its queue closes,
+//! for the final checkpoint.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use sparsewatch_dsp::score::AlertParams;
 use sparsewatch_dsp::{Pipeline, PushOutcome, Sample, ValidPipelineParams, WindowReport};
 use tokio::sync::mpsc;
 
+use crate::checkpoint::{self, StreamRecord};
 use crate::metrics::{now_ms, Heartbeat, LogLimiter, Metrics, QueueKind};
 use crate::mqtt::{AckToken, Acker};
 use crate::wire::{AnomalyMessage, CodeMessage, NoDataMessage, OutboundEvent, Reading};
@@ -51,6 +60,8 @@ pub struct CodeSink {
     pub tx: mpsc::Sender<CodeMessage>,
     /// Every n-th window of a stream is sent.
     pub every: u64,
+    /// Whether codes are sent at all (`output.codes.enabled`; a reload may change it).
+    pub enabled: bool,
 }
 
 /// Everything a worker needs besides its queue.
@@ -70,20 +81,115 @@ pub struct WorkerContext {
     pub no_data_after: Option<Duration>,
 }
 
+/// How often an idle worker beats its heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
+
+/// Requests to a worker besides readings.
+pub enum Control {
+    /// Encode every stream's state (checkpoint records) and send them back.
+    Snapshot(Sender<Vec<Vec<u8>>>),
+    /// Apply settings that may change while running, to every stream and to new ones.
+    Reload(LiveWorkerSettings),
+}
+
+/// What a reload can change in a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveWorkerSettings {
+    /// `pipeline.alert`: thresholds and hysteresis.
+    pub alert: AlertParams,
+    /// `output.codes.enabled` and `.every`: `Some(every)` while codes are published.
+    pub codes_every: Option<u64>,
+}
+
+/// Handles on the workers that stay with the service: control requests and heartbeats.
+#[derive(Clone)]
+pub struct Controls {
+    senders: Vec<Sender<Control>>,
+    heartbeats: Vec<Arc<Heartbeat>>,
+}
+
+impl Controls {
+    /// Controls over no worker, watching `heartbeats` (tests of the watchdog).
+    #[cfg(test)]
+    pub(crate) fn watching(heartbeats: Vec<Arc<Heartbeat>>) -> Self {
+        Self {
+            senders: Vec::new(),
+            heartbeats,
+        }
+    }
+
+    /// The time since the worker that beat least recently did; a worker that stalls (or
+    /// died) makes this grow without bound.
+    pub fn oldest_beat_age(&self) -> Duration {
+        self.heartbeats
+            .iter()
+            .map(|h| h.age())
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Asks every worker for its streams' records; waits up to `timeout` in all. Blocks: call
+    /// it off the async runtime.
+    pub fn snapshot(&self, timeout: Duration) -> Result<Vec<Vec<u8>>, String> {
+        let (tx, rx) = bounded(self.senders.len());
+        for (i, s) in self.senders.iter().enumerate() {
+            s.try_send(Control::Snapshot(tx.clone()))
+                .map_err(|e| format!("worker {i} does not take requests: {e}"))?;
+        }
+        drop(tx);
+        let deadline = Instant::now() + timeout;
+        let mut records = Vec::new();
+        for _ in 0..self.senders.len() {
+            let part = rx
+                .recv_deadline(deadline)
+                .map_err(|e| format!("a worker did not answer the snapshot request: {e}"))?;
+            records.extend(part);
+        }
+        Ok(records)
+    }
+
+    /// Sends live settings to every worker.
+    pub fn reload(&self, live: &LiveWorkerSettings) -> Result<(), String> {
+        for (i, s) in self.senders.iter().enumerate() {
+            s.try_send(Control::Reload(live.clone()))
+                .map_err(|e| format!("worker {i} does not take requests: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// The worker threads and the sending halves of their queues.
 pub struct Workers {
     senders: Vec<Sender<Dispatch>>,
-    handles: Vec<JoinHandle<()>>,
+    handles: Vec<JoinHandle<Vec<Vec<u8>>>>,
     metrics: Arc<Metrics>,
     acker: Option<Arc<Acker>>,
+    controls: Controls,
 }
 
 impl Workers {
     /// Starts `count` workers with queues of `queue_capacity` readings each.
     pub fn spawn(count: usize, queue_capacity: usize, ctx: WorkerContext) -> std::io::Result<Self> {
+        Self::spawn_restored(count, queue_capacity, ctx, Vec::new())
+    }
+
+    /// As [`spawn`](Self::spawn), each worker starting with the restored streams whose keys it
+    /// owns (by key, whatever worker held them before).
+    pub fn spawn_restored(
+        count: usize,
+        queue_capacity: usize,
+        ctx: WorkerContext,
+        restored: Vec<StreamRecord>,
+    ) -> std::io::Result<Self> {
         let mut senders = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(count);
-        for i in 0..count {
+        let mut control_senders = Vec::with_capacity(count);
+        let mut heartbeats = Vec::with_capacity(count);
+        let mut per_worker: Vec<Vec<StreamRecord>> = (0..count).map(|_| Vec::new()).collect();
+        for r in restored {
+            per_worker[owner(&r.key, count)].push(r);
+        }
+        for (i, mine) in per_worker.into_iter().enumerate() {
             // Capacity: enough to ride out a burst while a worker scores a window; beyond
             // that, holding more only hides overload. Full → the ingest holds or sheds.
             let (tx, rx) = bounded::<Dispatch>(queue_capacity);
@@ -95,19 +201,36 @@ impl Workers {
                 move || Some(probe.len()),
             );
             let heartbeat = ctx.metrics.health.register_worker(&i.to_string());
-            let ctx = ctx.clone();
+            heartbeats.push(heartbeat.clone());
+            // Capacity: control requests are rare (a checkpoint every few minutes, a reload
+            // by hand); a full control queue fails that request, which is reported.
+            let (ctl_tx, ctl_rx) = bounded::<Control>(4);
+            let mut worker = Worker::new(ctx.clone());
+            for r in mine {
+                worker.restore(r);
+            }
             let handle = std::thread::Builder::new()
                 .name(format!("dsp-worker-{i}"))
-                .spawn(move || Worker::new(ctx).run(rx, &heartbeat))?;
+                .spawn(move || worker.run(rx, ctl_rx, &heartbeat))?;
             senders.push(tx);
             handles.push(handle);
+            control_senders.push(ctl_tx);
         }
         Ok(Self {
             senders,
             handles,
             metrics: ctx.metrics,
             acker: ctx.acker,
+            controls: Controls {
+                senders: control_senders,
+                heartbeats,
+            },
         })
+    }
+
+    /// Control requests and heartbeats, for the service.
+    pub fn controls(&self) -> Controls {
+        self.controls.clone()
     }
 
     /// Hands a reading to the worker that owns its key; never blocks. A full queue hands it
@@ -156,14 +279,20 @@ impl Workers {
         q.len() <= q.capacity().unwrap_or(usize::MAX) / 2
     }
 
-    /// Closes the queues and waits until every worker has processed what was queued.
-    pub fn join(self) {
+    /// Closes the queues, waits until every worker has processed what was queued, and
+    /// returns the encoded state of every stream (for the final checkpoint).
+    pub fn join(self) -> Vec<Vec<u8>> {
         drop(self.senders);
+        let mut records = Vec::new();
         for h in self.handles {
-            if h.join().is_err() {
-                tracing::error!("a DSP worker panicked");
+            match h.join() {
+                Ok(r) => records.extend(r),
+                Err(_) => tracing::error!(
+                    "a DSP worker panicked; its streams are not in the final checkpoint"
+                ),
             }
         }
+        records
     }
 }
 
@@ -187,46 +316,120 @@ struct Stream {
 struct Worker {
     ctx: WorkerContext,
     streams: HashMap<String, Stream>,
+    /// Live `output.codes` setting: `Some(every)` while codes are published.
+    codes_every: Option<u64>,
 }
 
 static BAD_INPUT: LogLimiter = LogLimiter::new(10_000);
 
-/// Longest time an idle worker goes without a heartbeat.
-const IDLE_BEAT: Duration = Duration::from_secs(1);
-
 impl Worker {
     fn new(ctx: WorkerContext) -> Self {
         Self {
+            codes_every: ctx.codes.as_ref().filter(|c| c.enabled).map(|c| c.every),
             ctx,
             streams: HashMap::new(),
         }
     }
 
-    /// Handles readings until the queue closes, beating `heartbeat` after each one and at
-    /// least every [`IDLE_BEAT`] while idle (a worker stuck inside a reading stops beating).
-    /// With `streams.no_data_after_secs` set it also looks for silent streams, about ten
-    /// times per no-data period (20 ms..=1 s).
-    fn run(mut self, rx: Receiver<Dispatch>, heartbeat: &Heartbeat) {
+    /// Handles readings and control requests until the reading queue closes, then returns
+    /// the encoded streams. Beats `heartbeat` after each message and at least every
+    /// [`HEARTBEAT_EVERY`] while idle (a worker stuck inside a reading stops beating). With
+    /// `streams.no_data_after_secs` set it also looks for silent streams, about ten times per
+    /// no-data period (20 ms..=250 ms).
+    fn run(
+        mut self,
+        rx: Receiver<Dispatch>,
+        ctl: Receiver<Control>,
+        heartbeat: &Heartbeat,
+    ) -> Vec<Vec<u8>> {
+        let never = crossbeam_channel::never();
+        let mut ctl_open = true;
         let after = self.ctx.no_data_after;
-        let tick = after.map_or(IDLE_BEAT, |a| {
-            (a / 10).clamp(Duration::from_millis(20), IDLE_BEAT)
+        let tick = after.map_or(HEARTBEAT_EVERY, |a| {
+            (a / 10).clamp(Duration::from_millis(20), HEARTBEAT_EVERY)
         });
-        let mut next_check = std::time::Instant::now() + tick;
+        let mut next_check = Instant::now() + tick;
+        heartbeat.beat();
         loop {
-            let wait = next_check.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(d) => self.take(d),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            let wait = next_check.saturating_duration_since(Instant::now());
+            let requests = if ctl_open { &ctl } else { &never };
+            crossbeam_channel::select! {
+                recv(rx) -> d => match d {
+                    Ok(d) => self.take(d),
+                    Err(_) => break,
+                },
+                recv(requests) -> c => match c {
+                    Ok(c) => self.control(c),
+                    // The service is gone; keep handling readings.
+                    Err(_) => ctl_open = false,
+                },
+                default(wait) => {}
             }
             heartbeat.beat();
-            if std::time::Instant::now() >= next_check {
+            if Instant::now() >= next_check {
                 if let Some(after) = after {
                     self.check_silence(now_ms(), after);
                 }
-                next_check = std::time::Instant::now() + tick;
+                next_check = Instant::now() + tick;
             }
         }
+        self.encode_all()
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Snapshot(reply) => {
+                let _ = reply.send(self.encode_all());
+            }
+            Control::Reload(live) => {
+                for (key, s) in &mut self.streams {
+                    if let Err(e) = s.pipeline.set_alert_params(live.alert.clone()) {
+                        tracing::error!(key = %key, error = %e, "alert parameters not applied");
+                    }
+                }
+                let mut p = self.ctx.pipeline.get().clone();
+                p.alert = live.alert;
+                match p.check() {
+                    Ok(v) => self.ctx.pipeline = v,
+                    Err(e) => {
+                        tracing::error!(error = %e, "alert parameters not applied to new streams")
+                    }
+                }
+                self.codes_every = live.codes_every;
+            }
+        }
+    }
+
+    /// Checkpoint records of every stream this worker owns.
+    fn encode_all(&self) -> Vec<Vec<u8>> {
+        self.streams
+            .iter()
+            .map(|(key, s)| checkpoint::encode_stream(key, &s.channel_names, &s.pipeline))
+            .collect()
+    }
+
+    /// Takes over a stream from a checkpoint (counted like a new stream, within
+    /// `max_streams`).
+    fn restore(&mut self, r: StreamRecord) {
+        let count = &self.ctx.stream_count;
+        if count.fetch_add(1, Ordering::Relaxed) >= self.ctx.max_streams {
+            count.fetch_sub(1, Ordering::Relaxed);
+            Metrics::inc(&self.ctx.metrics.refused_streams);
+            tracing::warn!(key = %r.key, max_streams = self.ctx.max_streams, "restored stream refused: too many streams");
+            return;
+        }
+        self.ctx.metrics.streams.fetch_add(1, Ordering::Relaxed);
+        let channels = r.channels.len();
+        self.streams.insert(
+            r.key,
+            Stream {
+                channel_names: r.channels,
+                values: vec![0.0; channels],
+                pipeline: r.pipeline,
+                last_arrival_ms: now_ms(),
+                silent: false,
+            },
+        );
     }
 
     /// Processes one reading, then acknowledges its message: the sample is in the stream's
@@ -330,8 +533,16 @@ impl Worker {
         m.latency.worker_window.observe(started.elapsed());
         m.latency.worker_window.observe(started.elapsed());
         Metrics::inc(&m.windows);
-        if let Some(sink) = &self.ctx.codes {
-            send_code(sink, &self.ctx.node, &r.key, &stream.pipeline, &report, m);
+        if let (Some(sink), Some(every)) = (&self.ctx.codes, self.codes_every) {
+            send_code(
+                sink,
+                every,
+                &self.ctx.node,
+                &r.key,
+                &stream.pipeline,
+                &report,
+                m,
+            );
         }
         let Some(d) = report.detection else { return };
         Metrics::inc(&m.detections);
@@ -396,6 +607,7 @@ fn send_event(ctx: &WorkerContext, event: OutboundEvent, key: &str) {
 /// Sends the window's code when the stream has one and this window is due.
 fn send_code(
     sink: &CodeSink,
+    every: u64,
     node: &str,
     key: &str,
     pipeline: &Pipeline,
@@ -403,7 +615,7 @@ fn send_code(
     m: &Metrics,
 ) {
     let Some(code) = pipeline.code() else { return };
-    if report.index % sink.every != 0 {
+    if report.index % every != 0 {
         return;
     }
     let msg = CodeMessage::new(node, key, report, code);
@@ -474,7 +686,11 @@ mod tests {
     fn codes_are_decimated_and_counted_when_the_queue_is_full() {
         let (mut c, _rx) = ctx(10);
         let (tx, mut codes) = mpsc::channel(3);
-        c.codes = Some(CodeSink { tx, every: 2 });
+        c.codes = Some(CodeSink {
+            tx,
+            every: 2,
+            enabled: true,
+        });
         let metrics = c.metrics.clone();
         let mut w = Worker::new(c);
         // 32 + 8·9 samples: windows 0..=9, of which 0, 2, 4, 6, 8 are due; 3 fit the queue.
@@ -532,6 +748,10 @@ mod tests {
             handles: vec![],
             metrics,
             acker: None,
+            controls: Controls {
+                senders: vec![],
+                heartbeats: vec![],
+            },
         };
         assert!(workers.has_room("k"));
         assert!(workers

@@ -346,6 +346,24 @@ impl Pipeline {
         self.framer.last_ts()
     }
 
+    /// Samples held towards the next window (the partial window).
+    pub fn held(&self) -> usize {
+        self.framer.held()
+    }
+
+    /// Whether the likelihood is fitted, i.e. the stream is past its warm-up.
+    pub fn is_warm(&self) -> bool {
+        self.likelihood.is_warm()
+    }
+
+    /// The associative memory, when the detector is `memory`.
+    pub fn memory(&self) -> Option<&crate::memory::SdrMemory> {
+        match &self.scorer {
+            Scorer::Memory(m) => Some(m.memory()),
+            Scorer::Baseline(_) | Scorer::Residual(_) => None,
+        }
+    }
+
     /// Changes the alert thresholds in place, keeping everything learned.
     pub fn set_alert_params(&mut self, params: AlertParams) -> Result<(), ParamError> {
         params.check().map_err(|e| e.in_section("alert"))?;

@@ -98,7 +98,21 @@ impl Process {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::spawn_with_env(program, args, &[])
+    }
+
+    /// As [`spawn`](Self::spawn), with extra environment variables.
+    pub fn spawn_with_env<I, S>(
+        program: impl AsRef<OsStr>,
+        args: I,
+        env: &[(&str, &OsStr)],
+    ) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut cmd = Command::new(program.as_ref());
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .current_dir(crate::workspace_root())
             .env("NO_COLOR", "1")
@@ -360,23 +374,36 @@ pub struct Daemon {
     process: Process,
     config: TestConfig,
     _dir: tempfile::TempDir,
+    config_path: PathBuf,
 }
 
 impl Daemon {
     /// Writes `config` to a temporary file and starts the daemon on it.
     pub fn start(config: &TestConfig) -> Result<Self> {
+        Self::start_with_env(config, &[])
+    }
+
+    /// As [`start`](Self::start), with extra environment variables (`NOTIFY_SOCKET`, …).
+    pub fn start_with_env(config: &TestConfig, env: &[(&str, &OsStr)]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("sparsewatch.toml");
         std::fs::write(&path, config.to_toml())?;
-        let process = Process::spawn(
+        let process = Process::spawn_with_env(
             daemon_binary(),
             [OsStr::new("run"), OsStr::new("--config"), path.as_os_str()],
+            env,
         )?;
         Ok(Daemon {
             process,
             config: config.clone(),
             _dir: dir,
+            config_path: path,
         })
+    }
+
+    /// The configuration file the daemon reads (again on SIGHUP).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
     }
 
     /// The config the daemon runs with.

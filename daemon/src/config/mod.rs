@@ -30,6 +30,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub streams: StreamSettings,
     pub http: HttpSettings,
+    pub state: StateSettings,
     pub pipeline: PipelineParams,
 }
 
@@ -173,6 +174,16 @@ pub enum CodeFormat {
 pub struct LogSettings {
     pub level: String,
     pub summary_interval_secs: u64,
+}
+
+/// Checkpoints of the learned state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSettings {
+    /// State directory; empty: `$STATE_DIRECTORY` (systemd), else no checkpoints.
+    pub dir: String,
+    /// Seconds between periodic checkpoints; 0: only at a clean stop.
+    pub checkpoint_interval_secs: u64,
 }
 
 /// A configuration that could not be loaded. The message names the file or key at fault.
@@ -405,6 +416,18 @@ pub fn validate_with(
         1,
         1 << 24,
     )?;
+    if s.state.checkpoint_interval_secs > 7 * 24 * 3600 {
+        return Err(invalid(
+            "state.checkpoint_interval_secs",
+            format!(
+                "must be in 0..=604800, got {}",
+                s.state.checkpoint_interval_secs
+            ),
+        ));
+    }
+    if s.state.dir.chars().any(char::is_control) {
+        return Err(invalid("state.dir", "must not contain control characters"));
+    }
     if s.output.codes.every == 0 {
         return Err(invalid("output.codes.every", "must be at least 1"));
     }
@@ -537,6 +560,11 @@ mod tests {
                 "[streams]\nno_data_after_secs = 99999999\n",
                 "streams.no_data_after_secs",
             ),
+            (
+                "[state]\ncheckpoint_interval_secs = 9999999\n",
+                "state.checkpoint_interval_secs",
+            ),
+            ("[state]\ndirectory = \"/x\"\n", "directory"),
         ];
         for (text, key) in cases {
             let err = load_with_env(Source::Text(text), no_env()).unwrap_err();

@@ -28,7 +28,7 @@ pub mod security;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rumqttc::{
@@ -39,7 +39,9 @@ use tokio::sync::{mpsc, Notify};
 use crate::config::{CodeFormat, OverloadPolicy, ValidSettings};
 use crate::metrics::{now_ms, LogLimiter, Metrics};
 use crate::outbox::Outbox;
-use crate::wire::{decode_payload, CodeMessage, OutboundEvent, Reading, StatusMessage};
+use crate::wire::{
+    decode_payload, CodeMessage, OutboundEvent, Reading, StatusMessage, TopicTemplate,
+};
 use crate::worker::{Dispatch, Workers};
 
 /// Room above `max_payload_bytes` for the topic and header, so a payload that is merely too
@@ -288,6 +290,8 @@ pub struct Ingest {
     pub started_at_ms: i64,
     pub acker: Arc<Acker>,
     pub link: Arc<Link>,
+    /// The topic → sensor key mapping in force (`topics.template`; a reload replaces it).
+    pub template: RwLock<TopicTemplate>,
 }
 
 static TOPIC_LOG: LogLimiter = LogLimiter::new(10_000);
@@ -447,10 +451,14 @@ impl Ingest {
         let token = (p.qos != QoS::AtMostOnce && manual_acks(&self.settings))
             .then(|| self.acker.register(p.pkid));
         let now = now_ms();
-        let Some(key) = self.settings.template.key(&p.topic) else {
+        let Some(key) = self.template.read().expect("template lock").key(&p.topic) else {
             Metrics::inc(&m.unknown_topics);
             if let Some(held) = TOPIC_LOG.allow(now) {
-                tracing::warn!(topic = %p.topic, template = %self.settings.settings.topics.template, suppressed = held, "topic does not match the template; skipped");
+                tracing::warn!(
+                    topic = %p.topic,
+                    suppressed = held,
+                    "topic does not match topics.template; skipped"
+                );
             }
             self.ack_now(token);
             return None;

@@ -12,8 +12,10 @@ mod demo;
 mod detection;
 mod garbage;
 mod http;
+mod restart;
 mod security;
 mod status;
+mod systemd;
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
@@ -46,7 +48,12 @@ pub fn values_payload(ts_ms: i64, channels: &[(&str, f64)]) -> String {
 /// connection, and the broker handles one connection's packets in order: once the status is
 /// visible, samples published by the test reach the daemon.
 pub fn start_online(config: &TestConfig) -> Daemon {
-    let mut daemon = Daemon::start(config).expect("start the daemon");
+    start_online_with_env(config, &[])
+}
+
+/// As [`start_online`], with extra environment variables for the daemon.
+pub fn start_online_with_env(config: &TestConfig, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+    let mut daemon = Daemon::start_with_env(config, env).expect("start the daemon");
     let online = wait_until(TIMEOUT, || {
         assert!(
             daemon.is_running(),

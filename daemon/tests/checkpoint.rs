@@ -1,0 +1,482 @@
+//! Checkpoints: the file format, the state directory's two generations, every fault the
+//! issue lists (a write killed half-way, a truncated file, a flipped byte, a full disk), and
+//! restored streams that continue exactly where they stopped.
+
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sparsewatch::checkpoint::store::{CURRENT, PREVIOUS, REJECTED_SUFFIX, TMP};
+use sparsewatch::checkpoint::{
+    self, decode_file, encode_file, encode_stream, inspect_path, CheckpointError, Fault, FileParts,
+    Generation, Meta, Store, StreamRecord,
+};
+use sparsewatch::metrics::Metrics;
+use sparsewatch::wire::Reading;
+use sparsewatch::worker::{Dispatch, WorkerContext, Workers};
+use sparsewatch_dsp::{Pipeline, PipelineParams, Sample, ValidPipelineParams, WindowReport};
+
+fn params() -> ValidPipelineParams {
+    PipelineParams::default().check().unwrap()
+}
+
+/// A deterministic two-channel signal: a slow sine plus a faster one.
+fn value(t: i64) -> [f64; 2] {
+    let x = t as f64;
+    [
+        10.0 + (x * 0.21).sin() + 0.3 * (x * 1.7).sin(),
+        5.0 + (x * 0.05).cos(),
+    ]
+}
+
+fn feed(p: &mut Pipeline, range: std::ops::Range<i64>) -> Vec<WindowReport> {
+    range
+        .filter_map(|t| p.push(Sample::new(t * 1000, &value(t)).unwrap()).report)
+        .collect()
+}
+
+/// A stream that has learned `samples` samples.
+fn learned(key: &str, samples: i64) -> StreamRecord {
+    let mut pipeline = Pipeline::new(&params(), 2);
+    feed(&mut pipeline, 0..samples);
+    StreamRecord {
+        key: key.into(),
+        channels: vec!["a".into(), "b".into()],
+        pipeline,
+    }
+}
+
+fn file_of(records: &[StreamRecord], created_ms: i64) -> Vec<u8> {
+    let encoded: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| encode_stream(&r.key, &r.channels, &r.pipeline))
+        .collect();
+    let meta = Meta {
+        created_ms,
+        node: "edge-1".into(),
+        daemon_version: "test".into(),
+        streams: encoded.len() as u64,
+    };
+    encode_file(&meta, &encoded)
+}
+
+/// Two generations on disk: `old` (1 stream) saved first, then `new` (2 streams), the
+/// second written part by part as the daemon does.
+fn two_generations(dir: &Path) -> Store {
+    let store = Store::open(dir).unwrap();
+    store.save(&file_of(&[learned("a/1", 300)], 1_000)).unwrap();
+    let records: Vec<Vec<u8>> = [learned("a/1", 600), learned("a/2", 200)]
+        .iter()
+        .map(|r| encode_stream(&r.key, &r.channels, &r.pipeline))
+        .collect();
+    let meta = Meta {
+        created_ms: 2_000,
+        node: "edge-1".into(),
+        daemon_version: "test".into(),
+        streams: 2,
+    };
+    let parts = FileParts::new(&meta, &records);
+    assert_eq!(parts.len(), encode_file(&meta, &records).len());
+    store.save_parts(parts.parts()).unwrap();
+    store
+}
+
+/// A file round-trips: the same meta, keys, channel names and bit-identical pipelines.
+#[test]
+fn a_checkpoint_round_trips() {
+    let records = vec![learned("plant/pump1", 900), learned("plant/pump2", 10)];
+    let bytes = file_of(&records, 42);
+    let c = decode_file(&bytes).unwrap();
+    assert_eq!(c.meta.created_ms, 42);
+    assert_eq!(c.meta.streams, 2);
+    assert_eq!(c.file_bytes, bytes.len());
+    let back: Vec<StreamRecord> = c.streams.into_iter().map(|s| s.record).collect();
+    assert_eq!(back, records);
+}
+
+/// A restored pipeline is the pipeline: fed the same samples afterwards, it reports exactly
+/// what the uninterrupted one does (no new warm-up, same window indices, same likelihoods).
+#[test]
+fn a_restored_stream_continues_where_it_stopped() {
+    let mut live = Pipeline::new(&params(), 2);
+    let before = feed(&mut live, 0..3_000);
+    assert!(
+        before.last().unwrap().likelihood.is_some(),
+        "past warm-up before the checkpoint"
+    );
+    let bytes = file_of(
+        &[StreamRecord {
+            key: "k".into(),
+            channels: vec!["a".into(), "b".into()],
+            pipeline: live.clone(),
+        }],
+        0,
+    );
+    let mut restored = decode_file(&bytes)
+        .unwrap()
+        .streams
+        .remove(0)
+        .record
+        .pipeline;
+    let after_live = feed(&mut live, 3_000..4_000);
+    let after_restored = feed(&mut restored, 3_000..4_000);
+    assert_eq!(after_live, after_restored);
+    assert_eq!(after_restored[0].index, before.len() as u64);
+    assert!(after_restored.iter().all(|r| r.likelihood.is_some()));
+}
+
+/// Saving twice keeps both generations; loading takes the newer.
+#[test]
+fn saves_rotate_one_generation_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = two_generations(dir.path());
+    assert!(dir.path().join(CURRENT).exists() && dir.path().join(PREVIOUS).exists());
+    assert!(!dir.path().join(TMP).exists());
+    let out = store.load();
+    assert!(out.rejected.is_empty());
+    let loaded = out.loaded.unwrap();
+    assert_eq!(loaded.generation, Generation::Current);
+    assert_eq!(loaded.checkpoint.meta.created_ms, 2_000);
+}
+
+fn assert_falls_back(dir: &Path, check: impl Fn(&CheckpointError) -> bool) {
+    let out = Store::open(dir).unwrap().load();
+    let loaded = out.loaded.expect("the previous generation is used");
+    assert_eq!(loaded.generation, Generation::Previous);
+    assert_eq!(loaded.checkpoint.meta.created_ms, 1_000);
+    assert_eq!(out.rejected.len(), 1, "{:?}", out.rejected);
+    assert!(check(&out.rejected[0].1), "{:?}", out.rejected[0].1);
+    assert!(
+        dir.join(format!("{CURRENT}{REJECTED_SUFFIX}")).exists(),
+        "the bad file is kept aside"
+    );
+    assert!(
+        !dir.join(CURRENT).exists(),
+        "so the next save cannot rotate the good generation away"
+    );
+}
+
+/// A truncated current file is rejected (the header's length says so) and the previous
+/// generation is used.
+#[test]
+fn a_truncated_checkpoint_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    two_generations(dir.path());
+    let path = dir.path().join(CURRENT);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len / 2).unwrap();
+    assert_falls_back(
+        dir.path(),
+        |e| matches!(e, CheckpointError::Truncated { got, .. } if *got == len / 2),
+    );
+    // Cut inside the header as well.
+    let dir = tempfile::tempdir().unwrap();
+    two_generations(dir.path());
+    std::fs::write(dir.path().join(CURRENT), b"SWSTATE\n\x01").unwrap();
+    assert_falls_back(dir.path(), |e| {
+        matches!(e, CheckpointError::Truncated { .. })
+    });
+}
+
+/// One flipped bit in the payload fails the payload checksum; in the header, the header
+/// checksum; a foreign file fails the magic. Each falls back to the previous generation.
+#[test]
+fn a_flipped_byte_is_caught_by_the_checksums() {
+    for (offset_from, expect) in [
+        (
+            "payload",
+            (|e: &CheckpointError| matches!(e, CheckpointError::PayloadChecksum { .. }))
+                as fn(&CheckpointError) -> bool,
+        ),
+        ("header", |e| matches!(e, CheckpointError::HeaderChecksum)),
+        ("magic", |e| matches!(e, CheckpointError::BadMagic)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        two_generations(dir.path());
+        let path = dir.path().join(CURRENT);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = match offset_from {
+            "payload" => bytes.len() * 2 / 3,
+            "header" => 17,
+            _ => 0,
+        };
+        bytes[at] ^= 0x04;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_falls_back(dir.path(), expect);
+    }
+}
+
+/// A file from a future format version is reported as such, not misread.
+#[test]
+fn an_unknown_format_version_is_incompatible() {
+    let mut bytes = file_of(&[learned("a", 100)], 0);
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    let err = decode_file(&bytes).unwrap_err();
+    assert!(
+        matches!(err, CheckpointError::UnsupportedVersion { found: 2 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("version 2"), "{err}");
+}
+
+/// A record that passes the checksum but that this build cannot decode (a changed state
+/// layout) makes the checkpoint incompatible.
+#[test]
+fn an_undecodable_record_is_incompatible() {
+    let meta = Meta {
+        created_ms: 0,
+        node: "n".into(),
+        daemon_version: "future".into(),
+        streams: 1,
+    };
+    let mut record = Vec::new();
+    ciborium::into_writer(&("k", ["a"], "not a pipeline"), &mut record).unwrap();
+    let err = decode_file(&encode_file(&meta, &[record])).unwrap_err();
+    assert!(
+        matches!(err, CheckpointError::Incompatible { index: 0, .. }),
+        "{err}"
+    );
+}
+
+/// The daemon was killed -9 while writing: half a temporary file is left. It is removed
+/// and the last complete checkpoint is loaded.
+#[test]
+fn an_unfinished_write_is_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    two_generations(dir.path());
+    let full = file_of(&[learned("a/9", 400)], 3_000);
+    std::fs::write(dir.path().join(TMP), &full[..full.len() / 2]).unwrap();
+    let out = Store::open(dir.path()).unwrap().load();
+    assert!(out.removed_unfinished);
+    assert!(out.rejected.is_empty());
+    assert_eq!(out.loaded.unwrap().checkpoint.meta.created_ms, 2_000);
+    assert!(!dir.path().join(TMP).exists());
+}
+
+/// The disk fills up (ENOSPC injected after 1 000 bytes of the write): the save fails with
+/// that error, the temporary file is removed, and both generations are untouched.
+#[test]
+fn a_full_disk_fails_the_write_and_keeps_both_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    two_generations(dir.path());
+    let before = (
+        std::fs::read(dir.path().join(CURRENT)).unwrap(),
+        std::fs::read(dir.path().join(PREVIOUS)).unwrap(),
+    );
+    let store = Store::open(dir.path())
+        .unwrap()
+        .with_fault(Some(Fault::EnospcAfter(1_000)));
+    let err = store
+        .save(&file_of(&[learned("a/3", 500)], 3_000))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(!dir.path().join(TMP).exists());
+    let after = (
+        std::fs::read(dir.path().join(CURRENT)).unwrap(),
+        std::fs::read(dir.path().join(PREVIOUS)).unwrap(),
+    );
+    assert!(before == after, "a failed save changed the generations");
+    assert_eq!(
+        store.load().loaded.unwrap().checkpoint.meta.created_ms,
+        2_000
+    );
+}
+
+/// Both generations damaged: nothing is restored, both are reported, and nothing panics.
+#[test]
+fn with_no_good_generation_both_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    two_generations(dir.path());
+    for name in [CURRENT, PREVIOUS] {
+        std::fs::write(dir.path().join(name), b"garbage").unwrap();
+    }
+    let out = Store::open(dir.path()).unwrap().load();
+    assert!(out.loaded.is_none());
+    assert_eq!(out.rejected.len(), 2);
+}
+
+/// A stream restored under new alert thresholds keeps what it learned and takes the new
+/// thresholds; one learned with another model structure is refused, naming the section.
+#[test]
+fn restored_streams_are_fitted_to_the_configured_model() {
+    let r = learned("k", 2_000);
+    let windows = r.pipeline.counters().windows;
+    let mut p = PipelineParams::default();
+    p.alert.threshold = 0.999;
+    let fitted = checkpoint::reconcile(r.clone(), &p.check().unwrap()).unwrap();
+    assert_eq!(fitted.pipeline.params().alert.threshold, 0.999);
+    assert_eq!(fitted.pipeline.counters().windows, windows);
+
+    let mut p = PipelineParams::default();
+    p.framer.hop = 4;
+    let err = checkpoint::reconcile(r, &p.check().unwrap()).unwrap_err();
+    assert!(err.contains("pipeline.framer"), "{err}");
+}
+
+fn context(max_streams: usize) -> WorkerContext {
+    let (events, _) = tokio::sync::mpsc::channel(16);
+    WorkerContext {
+        node: "n".into(),
+        pipeline: params(),
+        max_streams,
+        metrics: Arc::new(Metrics::default()),
+        events,
+        codes: None,
+        stream_count: Arc::new(AtomicUsize::new(0)),
+        acker: None,
+        no_data_after: None,
+    }
+}
+
+/// Streams are restored by key into however many workers run now (the key → worker hash
+/// is not part of the checkpoint), continue learning there, and come back in a snapshot and
+/// in the final state handed back at stop.
+#[test]
+fn workers_take_restored_streams_by_key_and_hand_them_back() {
+    let keys: Vec<String> = (0..7).map(|i| format!("site/s{i}")).collect();
+    let records: Vec<StreamRecord> = keys.iter().map(|k| learned(k, 500)).collect();
+    let ctx = context(100);
+    let metrics = ctx.metrics.clone();
+    let workers = Workers::spawn_restored(3, 64, ctx, records).unwrap();
+    assert_eq!(metrics.snapshot().streams, 7);
+    let snapshot = workers
+        .controls()
+        .snapshot(Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(snapshot.len(), 7);
+    for t in 500..540 {
+        let v = value(t);
+        workers
+            .try_dispatch(Dispatch::plain(Reading {
+                key: "site/s3".into(),
+                ts_ms: t * 1000,
+                channels: vec![("a".into(), v[0]), ("b".into(), v[1])],
+            }))
+            .expect("room in the queue");
+    }
+    let last = workers.join();
+    let meta = Meta {
+        created_ms: 0,
+        node: "n".into(),
+        daemon_version: "t".into(),
+        streams: last.len() as u64,
+    };
+    let c = decode_file(&encode_file(&meta, &last)).unwrap();
+    let mut got: Vec<(String, u64)> = c
+        .streams
+        .iter()
+        .map(|s| (s.record.key.clone(), s.record.pipeline.counters().samples))
+        .collect();
+    got.sort();
+    let want: Vec<(String, u64)> = keys
+        .iter()
+        .map(|k| (k.clone(), if k == "site/s3" { 540 } else { 500 }))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// More restored streams than `workers.max_streams` allows: the extra ones are refused and
+/// counted, not silently kept.
+#[test]
+fn restored_streams_respect_max_streams() {
+    let records: Vec<StreamRecord> = (0..3).map(|i| learned(&format!("k{i}"), 50)).collect();
+    let ctx = context(2);
+    let metrics = ctx.metrics.clone();
+    let workers = Workers::spawn_restored(1, 8, ctx, records).unwrap();
+    assert_eq!(workers.join().len(), 2);
+    let s = metrics.snapshot();
+    assert_eq!((s.streams, s.refused_streams), (2, 1));
+}
+
+/// `inspect` names every stream with its size, counts, state and dictionary statistics, and
+/// marks a damaged file as unusable with the reason.
+#[test]
+fn inspect_shows_streams_and_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    two_generations(dir.path());
+    let reports = inspect_path(dir.path()).unwrap();
+    assert_eq!(reports.len(), 2, "both generations");
+    let text = reports[0].render();
+    assert!(text.contains("ok, format 1"), "{text}");
+    assert!(text.contains("2 streams"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("a/1 "))
+        .expect("a/1 listed");
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[1], "a,b", "{line}");
+    assert_eq!(cols[3], "600", "samples: {line}");
+    assert_eq!(cols[4], "72", "windows: (600 − 32) / 8 + 1 = 72: {line}");
+    assert_eq!(cols[8], "64", "dictionary n = 32 × 2: {line}");
+
+    let mut bytes = std::fs::read(dir.path().join(CURRENT)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(dir.path().join(CURRENT), &bytes).unwrap();
+    let reports = inspect_path(&dir.path().join(CURRENT)).unwrap();
+    let text = reports[0].render();
+    assert!(
+        text.contains("UNUSABLE") && text.contains("checksum"),
+        "{text}"
+    );
+}
+
+/// The CRC-32 (IEEE) the format uses, bit by bit: an oracle for the header test above.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A reload reaches every stream: new alert thresholds (and code output settings) are
+/// applied in place, and everything the stream learned stays as it was.
+#[test]
+fn a_reload_changes_thresholds_and_keeps_learned_state() {
+    let record = learned("site/s1", 2_000);
+    let before = record.pipeline.clone();
+    let workers = Workers::spawn_restored(2, 8, context(10), vec![record]).unwrap();
+    let mut alert = params().get().alert.clone();
+    alert.threshold = 0.995;
+    alert.release_windows = 3;
+    workers
+        .controls()
+        .reload(&sparsewatch::worker::LiveWorkerSettings {
+            alert: alert.clone(),
+            codes_every: None,
+        })
+        .unwrap();
+    let records = workers
+        .controls()
+        .snapshot(Duration::from_secs(10))
+        .unwrap();
+    workers.join();
+    let meta = Meta {
+        created_ms: 0,
+        node: "n".into(),
+        daemon_version: "t".into(),
+        streams: 1,
+    };
+    let after = decode_file(&encode_file(&meta, &records))
+        .unwrap()
+        .streams
+        .remove(0)
+        .record
+        .pipeline;
+    assert_eq!(after.params().alert, alert);
+    assert_eq!(after.counters(), before.counters());
+    assert_eq!(after.dictionary(), before.dictionary());
+    assert_eq!(after.alert_state(), before.alert_state());
+}
