@@ -120,8 +120,9 @@ counters! {
     events_delayed,
     /// Events in the outbox, not yet acknowledged by the broker.
     events_buffered,
-    /// No-data conditions raised and cleared.
+    /// No-data conditions raised (a stream that was flowing went silent).
     nodata_raised,
+    /// No-data conditions cleared by the stream's next sample.
     nodata_cleared,
     /// Streams restored from a checkpoint at start.
     restored_streams,

@@ -161,12 +161,13 @@ impl Mosquitto {
             let p = free_port()?;
             second_port = Some(p);
             extra = format!("listener {p} 127.0.0.1\n{lines}\n");
-            // Mosquitto drops root to its own user before it reads key and password files,
-            // which then cannot open the test's private temporary folder; stay the same user.
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } == 0 {
-                extra.push_str("user root\n");
-            }
+        }
+        // Started as root, Mosquitto drops to its own user, which then can neither read key
+        // and password files nor write its persistence file in the test's private temporary
+        // folder; stay the same user.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            extra.push_str("user root\n");
         }
         std::fs::write(
             &conf,
