@@ -2,8 +2,9 @@
 //!
 //! One figure per stream or file: a panel per channel (small multiples) with the signal, the
 //! labelled anomaly windows shaded and the detections marked; under them one panel with the
-//! raw anomaly score (left axis, 0..1) and the anomaly likelihood on a log-odds scale (right
-//! axis: 0.9, 0.99, 0.999, … evenly spaced) with the alert threshold. Time runs along the
+//! raw anomaly score (left axis, 0..1) and the anomaly likelihood as the pipeline reports it
+//! (right axis, 0..1; on the log scale 0.4 is L = 0.9999 and 0.5 is L = 0.99999) with
+//! the alert threshold. Time runs along the
 //! bottom in UTC. The format follows the file's extension: `.svg` (text as SVG elements) or
 //! `.png`. Text is laid out and rasterised with DejaVu Sans, embedded from the `dejavu`
 //! crate, so no system font or fontconfig is needed.
@@ -34,7 +35,6 @@ pub struct PlotData {
 /// Points kept per line; longer series are reduced to each bucket's minimum and maximum.
 const MAX_POINTS: usize = 2_400;
 /// Likelihood shown up to 1 − 10⁻⁶.
-const MAX_NINES: f64 = 6.0;
 const FONT: &str = "sans-serif";
 
 const SIGNAL: RGBColor = RGBColor(31, 90, 160);
@@ -290,19 +290,6 @@ fn draw_channel<DB: DrawingBackend>(
     Ok(())
 }
 
-/// `−log10(1 − L)`: 1 for 0.9, 4 for 0.9999; capped at [`MAX_NINES`].
-fn nines(l: f64) -> f64 {
-    (-(1.0 - l).max(1e-12).log10()).clamp(0.0, MAX_NINES)
-}
-
-fn nines_label(n: &f64) -> String {
-    if *n < 0.5 {
-        return "0".into();
-    }
-    let k = n.round() as usize;
-    format!("0.{}", "9".repeat(k))
-}
-
 fn draw_scores<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     clock: &Clock,
@@ -318,7 +305,7 @@ fn draw_scores<DB: DrawingBackend>(
         .right_y_label_area_size(70)
         .caption("anomaly score and likelihood", (FONT, 16))
         .build_cartesian_2d(0.0..clock.span, 0.0..1.05)?
-        .set_secondary_coord(0.0..clock.span, 0.0..MAX_NINES * 1.05);
+        .set_secondary_coord(0.0..clock.span, 0.0..1.05);
     chart
         .configure_mesh()
         .light_line_style(WHITE.mix(0.0))
@@ -333,9 +320,8 @@ fn draw_scores<DB: DrawingBackend>(
         .draw()?;
     chart
         .configure_secondary_axes()
-        .y_labels(7)
-        .y_label_formatter(&nines_label)
-        .y_desc("likelihood (log scale)")
+        .y_labels(6)
+        .y_desc("likelihood")
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 14))
         .draw()?;
@@ -347,20 +333,16 @@ fn draw_scores<DB: DrawingBackend>(
         ))?
         .label("raw score (left axis)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], SCORE.stroke_width(2)));
-    let likelihood: Vec<(i64, f64)> = data
-        .likelihood
-        .iter()
-        .map(|&(t, l)| (t, nines(l)))
-        .collect();
+    let likelihood = &data.likelihood;
     chart
         .draw_secondary_series(LineSeries::new(
-            decimate(&likelihood, clock),
+            decimate(likelihood, clock),
             LIKELIHOOD.stroke_width(2),
         ))?
         .label("likelihood (right axis)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], LIKELIHOOD.stroke_width(2)));
     if let Some(th) = data.threshold {
-        let y = nines(th);
+        let y = th;
         chart
             .draw_secondary_series(DashedLineSeries::new(
                 vec![(0.0, y), (clock.span, y)],
@@ -386,15 +368,6 @@ fn draw_scores<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn likelihood_scale_labels_count_nines() {
-        assert!((nines(0.9999) - 4.0).abs() < 1e-6);
-        assert!((nines(0.99) - 2.0).abs() < 1e-9);
-        assert_eq!(nines(1.0), MAX_NINES);
-        assert_eq!(nines_label(&3.0), "0.999");
-        assert_eq!(nines_label(&0.0), "0");
-    }
 
     #[test]
     fn long_series_are_reduced_keeping_extremes() {

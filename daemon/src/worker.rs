@@ -670,7 +670,8 @@ mod tests {
         w.handle(reading("k2", 0, 0.0));
         w.handle(reading("k3", 0, 0.0)); // third key: refused
         let s = metrics.snapshot();
-        assert_eq!((s.samples, s.windows), (41, 2));
+        // Window 32, hop 4: windows end at samples 32, 36 and 40.
+        assert_eq!((s.samples, s.windows), (41, 3));
         assert_eq!(
             (
                 s.out_of_order,
@@ -693,7 +694,8 @@ mod tests {
         });
         let metrics = c.metrics.clone();
         let mut w = Worker::new(c);
-        // 32 + 8·9 samples: windows 0..=9, of which 0, 2, 4, 6, 8 are due; 3 fit the queue.
+        // 32 + 4·18 samples: windows 0..=18, of which the 10 even ones are due; 3 fit the
+        // queue, 7 are dropped.
         for t in 0..104 {
             w.handle(reading("k1", t, (t as f64 * 0.3).sin()));
         }
@@ -704,7 +706,7 @@ mod tests {
             got.push(msg.window);
         }
         assert_eq!(got, vec![0, 2, 4]);
-        assert_eq!(metrics.snapshot().dropped_codes, 2);
+        assert_eq!(metrics.snapshot().dropped_codes, 7);
     }
 
     #[test]

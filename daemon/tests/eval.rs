@@ -110,7 +110,7 @@ fn eval_nab_on_a_tiny_corpus_writes_tables_json_and_results() {
         results.to_str().unwrap(),
     ]);
     assert!(stdout.contains("synthetic/step.csv") && stdout.contains("reward_low_FN_rate"));
-    assert!(stdout.contains("window_len 32 hop 8"), "{stdout}");
+    assert!(stdout.contains("window_len 32 hop 4"), "{stdout}");
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();

@@ -4,7 +4,8 @@
 //! One `Pipeline` per sensor stream. `push` takes one sample and, when it completes a window,
 //! returns that window's report; the window's sparse code is then readable with
 //! [`Pipeline::code`]. The model (scorer and dictionary) learns from the window only after it
-//! was scored, and not while the stream is alerting.
+//! was scored, and while the stream is alerting only as [`AlertParams`] allows
+//! (`learn_every`, `relearn_after`).
 
 use serde::{Deserialize, Serialize};
 
@@ -192,7 +193,13 @@ impl Scorer {
             }
             Scorer::Memory(m) => {
                 let c = codes.expect("the memory detector has a code stage");
-                let level = y.iter().sum::<f64>() / y.len() as f64;
+                // The level of the channel furthest from its running mean (one channel's
+                // offset is not diluted by the others).
+                let len = framer.params().window_len;
+                let level = y
+                    .chunks(len)
+                    .map(|ch| ch.iter().sum::<f64>() / len as f64)
+                    .fold(0.0f64, |a, m| if m.abs() > a.abs() { m } else { a });
                 RawScore {
                     score: m.score(&c.code, level),
                     channel: c.worst_channel(y, framer.params().window_len),
@@ -449,6 +456,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::score::LikelihoodScale;
     use rand::SeedableRng;
     use rand_distr::{Distribution, Normal};
     use rand_xoshiro::Xoshiro256PlusPlus;
@@ -503,14 +511,31 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(p.counters().detections, 1);
-        // Alerting windows are not learned until the relearn policy kicks in.
+        // Alerting windows are not learned, except by the documented policy: every
+        // `learn_every`-th window of the incident, and all after `relearn_after`.
         let onset = reports.iter().position(|r| r.detection.is_some()).unwrap();
         assert!(!reports[onset].learned);
+        let alert = AlertParams::default();
+        let mut checked = 0;
+        for (i, r) in reports[onset..].iter().enumerate().skip(1) {
+            if r.step != AlertStep::Ongoing {
+                break;
+            }
+            let nth = i as u32 + 1;
+            let policy = nth % alert.learn_every == 0 || nth > alert.relearn_after;
+            assert_eq!(r.learned, policy, "incident window {nth}");
+            checked += 1;
+        }
+        assert!(
+            checked >= alert.learn_every,
+            "the incident lasted {checked} windows"
+        );
     }
 
     #[test]
     fn warm_up_is_reported_as_such() {
-        let (_, reports) = run(noise(5).take(600));
+        // 400 samples are windows 0..=92 at hop 4; the likelihood needs 32 + 64 windows.
+        let (_, reports) = run(noise(5).take(400));
         assert!(reports
             .iter()
             .all(|r| r.step == AlertStep::Warmup && r.likelihood.is_none()));
@@ -557,8 +582,14 @@ mod tests {
 
     #[test]
     fn residual_detector_flags_a_new_pattern_and_constant_input_stays_finite() {
+        // The residual and memory scores are not calibrated: they go through the fitted
+        // likelihood (log scale), as the configuration documents.
         let params = PipelineParams {
             detector: DetectorKind::Residual,
+            likelihood: LikelihoodParams {
+                scale: LikelihoodScale::Log,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let params = params.check().unwrap();
@@ -601,8 +632,14 @@ mod tests {
 
     #[test]
     fn memory_detector_flags_a_new_shape_and_round_trips() {
+        // The residual and memory scores are not calibrated: they go through the fitted
+        // likelihood (log scale), as the configuration documents.
         let params = PipelineParams {
             detector: DetectorKind::Memory,
+            likelihood: LikelihoodParams {
+                scale: LikelihoodScale::Log,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let params = params.check().unwrap();

@@ -6,6 +6,13 @@
 //! `release`. While alerting, windows are not learned, so a fault that persists keeps its
 //! incident open instead of teaching the model that it is normal; after `relearn_after`
 //! windows in one incident, learning resumes by policy (the fault becomes the new normal).
+//! With `learn_every = m > 0`, every m-th window of an incident is learned before that too
+//! (the model follows normal drift at 1/m of its usual rate while an incident is open, so a
+//! slow drift that opened it can close it again, while a fault that lasts fewer than about
+//! m × history windows stays novel).
+//!
+//! Thresholds are on the likelihood's output scale (raw by default, where 0.5 on the baseline's
+//! score is a Bonferroni p-value of 1e-5; on the log scale 0.5 ↔ L = 0.99999).
 
 use serde::{Deserialize, Serialize};
 
@@ -14,31 +21,36 @@ use crate::params::{check_range, ParamError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertParams {
-    /// Likelihood at or above which an incident starts. Range 0.5..=1, default 0.9999.
+    /// Likelihood at or above which an incident starts. Range 0..=1, default 0.5.
     pub threshold: f64,
     /// Likelihood below which an alerting window counts towards release. Range 0..=threshold,
-    /// default 0.99.
+    /// default 0.3.
     pub release: f64,
     /// Consecutive windows below `release` that end an incident. Range 1..=100000, default 8.
     pub release_windows: u32,
-    /// Windows into one incident after which learning resumes. 0 = never. Default 256.
+    /// Windows into one incident after which learning resumes. 0 = never. Default 128
+    /// (512 samples at hop 4).
     pub relearn_after: u32,
+    /// While an incident is open (and before `relearn_after`), learn every m-th window.
+    /// 0 = learn none of them. Range 0..=100000, default 32.
+    pub learn_every: u32,
 }
 
 impl Default for AlertParams {
     fn default() -> Self {
         Self {
-            threshold: 0.9999,
-            release: 0.99,
+            threshold: 0.5,
+            release: 0.3,
             release_windows: 8,
-            relearn_after: 256,
+            relearn_after: 128,
+            learn_every: 32,
         }
     }
 }
 
 impl AlertParams {
     pub fn check(&self) -> Result<(), ParamError> {
-        check_range("threshold", "in 0.5..=1", self.threshold, 0.5, 1.0)?;
+        check_range("threshold", "in 0..=1", self.threshold, 0.0, 1.0)?;
         check_range(
             "release",
             "in 0..=threshold",
@@ -53,6 +65,7 @@ impl AlertParams {
             1,
             100_000,
         )?;
+        check_range("learn_every", "in 0..=100000", self.learn_every, 0, 100_000)?;
         Ok(())
     }
 }
@@ -155,7 +168,9 @@ impl Alerter {
     pub fn learning_allowed(&self) -> bool {
         match self.state {
             AlertState::Alerting => {
-                self.params.relearn_after > 0 && self.incident_windows > self.params.relearn_after
+                let m = self.params.learn_every;
+                (self.params.relearn_after > 0 && self.incident_windows > self.params.relearn_after)
+                    || (m > 0 && self.incident_windows % m == 0)
             }
             _ => true,
         }
@@ -172,6 +187,7 @@ mod tests {
             release: 0.9,
             release_windows: 3,
             relearn_after: 5,
+            learn_every: 0,
         })
     }
 
@@ -205,5 +221,25 @@ mod tests {
             })
             .collect();
         assert_eq!(allowed, vec![false, false, false, false, true, true]);
+    }
+
+    #[test]
+    fn learn_every_lets_one_window_in_m_through_during_an_incident() {
+        let mut a = Alerter::new(AlertParams {
+            learn_every: 3,
+            relearn_after: 0,
+            ..alerter().params
+        });
+        a.observe(Some(0.5));
+        assert_eq!(a.observe(Some(1.0)), AlertStep::Onset);
+        assert!(!a.learning_allowed(), "the onset window is never learned");
+        let allowed: Vec<bool> = (0..6)
+            .map(|_| {
+                a.observe(Some(1.0));
+                a.learning_allowed()
+            })
+            .collect();
+        // Incident windows 2..=7: the 3rd and 6th are learned.
+        assert_eq!(allowed, vec![false, true, false, false, true, false]);
     }
 }

@@ -16,12 +16,30 @@ use crate::coding::SparseCode;
 use crate::memory::{CodeInput, EncoderParams, MemoryParams, Recall, SdrEncoder, SdrMemory};
 use crate::params::ParamError;
 
-/// Parameters of the memory detector: the encoder and the memory, from [`crate::memory`].
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// Parameters of the memory detector: the encoder and the memory, from [`crate::memory`],
+/// and which parts make up the raw score (the switches exist for the ablation in
+/// BENCHMARKS.md; the defaults are the full detector).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryDetectorParams {
+    /// Fold the dictionary's relative residual into the score. Default true.
+    pub residual: bool,
+    /// Give the memory the code's atoms (false: only the energy and level blocks, i.e. the
+    /// memory sees no dictionary code). Default true.
+    pub codes: bool,
     pub encoder: EncoderParams,
     pub sdr: MemoryParams,
+}
+
+impl Default for MemoryDetectorParams {
+    fn default() -> Self {
+        Self {
+            residual: true,
+            codes: true,
+            encoder: EncoderParams::default(),
+            sdr: MemoryParams::default(),
+        }
+    }
 }
 
 impl MemoryDetectorParams {
@@ -33,6 +51,8 @@ impl MemoryDetectorParams {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryScorer {
+    use_residual: bool,
+    use_codes: bool,
     encoder: SdrEncoder,
     memory: SdrMemory,
     residual: ResidualScorer,
@@ -45,12 +65,15 @@ impl MemoryScorer {
     /// A scorer for codes of dictionary dimension `n`.
     pub fn new(params: &MemoryDetectorParams, residual: ResidualParams, n: usize) -> Self {
         let encoder = SdrEncoder::new(params.encoder.clone(), n);
-        let memory = SdrMemory::new(
-            params.sdr.clone(),
-            encoder.input_bits(),
-            encoder.active_bits(),
-        );
+        let active = if params.codes {
+            encoder.active_bits()
+        } else {
+            encoder.scalar_active_bits()
+        };
+        let memory = SdrMemory::new(params.sdr.clone(), encoder.input_bits(), active);
         Self {
+            use_residual: params.residual,
+            use_codes: params.codes,
             input: vec![0; memory.input_words()],
             recall: memory.new_recall(),
             residual: ResidualScorer::new(residual),
@@ -61,9 +84,14 @@ impl MemoryScorer {
 
     /// Raw score of the window coded as `code`, whose normalised samples have mean `level`.
     pub fn score(&mut self, code: &SparseCode, level: f64) -> f64 {
+        let k = if self.use_codes {
+            code.indices().len()
+        } else {
+            0
+        };
         let input = CodeInput {
-            indices: code.indices(),
-            values: code.values(),
+            indices: &code.indices()[..k],
+            values: &code.values()[..k],
             energy: code.energy(),
             level,
         };
@@ -72,6 +100,9 @@ impl MemoryScorer {
         self.memory.recognize(&self.input, &mut self.recall);
         let novelty = self.recall.two_sided_novelty().clamp(0.0, 1.0);
         let residual = self.residual.score(code.residual());
+        if !self.use_residual {
+            return novelty;
+        }
         1.0 - (1.0 - novelty) * (1.0 - residual)
     }
 

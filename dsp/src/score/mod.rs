@@ -19,7 +19,7 @@ mod special;
 
 pub use alert::{AlertParams, AlertState, AlertStep, Alerter};
 pub use baseline::{BaselineParams, BaselineScorer};
-pub use likelihood::{AnomalyLikelihood, LikelihoodParams};
+pub use likelihood::{AnomalyLikelihood, LikelihoodParams, LikelihoodScale};
 pub use memory::{MemoryDetectorParams, MemoryScorer};
 pub use residual::{ResidualParams, ResidualScorer};
 pub use special::{erfc, normal_upper_tail};

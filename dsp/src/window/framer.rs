@@ -17,7 +17,8 @@ use crate::sample::{Sample, MAX_CHANNELS};
 pub struct FramerParams {
     /// Samples per window, per channel. Range 4..=4096, default 32.
     pub window_len: usize,
-    /// Samples between the starts of consecutive windows. Range 1..=window_len, default 8.
+    /// Samples between the starts of consecutive windows. Range 1..=window_len, default 4
+    /// (a window every 4 samples: detections land within 4 rows of the evidence).
     pub hop: usize,
     /// A larger gap between consecutive timestamps (ms) discards the partial window and
     /// restarts framing. 0 disables gap detection. Default 600 000 (10 minutes).
@@ -28,7 +29,7 @@ impl Default for FramerParams {
     fn default() -> Self {
         Self {
             window_len: 32,
-            hop: 8,
+            hop: 4,
             max_gap_ms: 600_000,
         }
     }

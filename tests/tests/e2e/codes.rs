@@ -8,9 +8,9 @@ use sparsewatch_e2e::{Mosquitto, TestClient, TestConfig, TIMEOUT};
 
 use crate::{gaussian, start_online, values_payload, T0_MS};
 
-/// Samples published; with window 32 and hop 8 they make (200 − 32) / 8 + 1 = 22 windows.
+/// Samples published; with window 32 and hop 4 they make (200 − 32) / 4 + 1 = 43 windows.
 const N: usize = 200;
-const WINDOWS: u64 = 22;
+const WINDOWS: u64 = 43;
 
 fn publish_stream(config: &TestConfig, key: &str) {
     let xs = gaussian(crate::stream_seed(40), N, 3.0, 1.0);
@@ -39,7 +39,7 @@ fn collect(client: &TestClient, want: usize) -> Vec<sparsewatch_e2e::Message> {
     got
 }
 
-/// With the default configuration, each of the 22 windows of a two-channel stream yields one
+/// With the default configuration, each of the 43 windows of a two-channel stream yields one
 /// JSON code message, in window order, valid against the code schema, with 8 atoms (the
 /// default k) and their coefficients, a residual in [0, 1] and the stream's key.
 #[test]

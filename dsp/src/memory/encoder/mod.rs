@@ -94,6 +94,14 @@ impl SdrEncoder {
         }
     }
 
+    /// Active bits of the energy and level blocks alone (an input without atoms).
+    pub fn scalar_active_bits(&self) -> usize {
+        match self {
+            Self::AtomSlot(e) => e.scalar_active_bits(),
+            Self::Projection(e) => e.scalar_active_bits(),
+        }
+    }
+
     /// Writes x for `code` into `out` (cleared first; at least ⌈N/64⌉ words) and returns
     /// its active bit count.
     pub fn encode(&mut self, code: &CodeInput<'_>, out: &mut [u64]) -> usize {

@@ -133,6 +133,11 @@ impl ProjectionEncoder {
         self.params.active + self.energy.active() + self.level.active()
     }
 
+    /// Active bits of the energy and level blocks alone (an input without atoms).
+    pub fn scalar_active_bits(&self) -> usize {
+        self.energy.active() + self.level.active()
+    }
+
     /// Writes the binary input for `code` into `out` (cleared first) and returns the number
     /// of active bits, always [`active_bits`](Self::active_bits). Non-finite coefficients
     /// count as 0. Panics if `out` has fewer than ⌈N/64⌉ words or an atom index is ≥ n.

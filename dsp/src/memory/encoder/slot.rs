@@ -117,6 +117,11 @@ impl AtomSlotEncoder {
         self.params.atoms * self.params.window + self.energy.active() + self.level.active()
     }
 
+    /// Active bits of the energy and level blocks alone (an input without atoms).
+    pub fn scalar_active_bits(&self) -> usize {
+        self.energy.active() + self.level.active()
+    }
+
     /// Bucket of a shape magnitude m ∈ [τ, 1] on the log scale.
     fn bucket(&self, magnitude: f64) -> usize {
         let tau = self.params.min_magnitude;
