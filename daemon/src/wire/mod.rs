@@ -8,5 +8,7 @@ mod payload;
 mod topic;
 
 pub use events::{AnomalyMessage, CodeMessage, StatusMessage, SCHEMA_VERSION};
-pub use payload::{decode_payload, PayloadError, Reading};
+pub use payload::{
+    decode_payload, PayloadError, PayloadErrorKind, PayloadLimits, Reading, MAX_ABS_VALUE,
+};
 pub use topic::TopicTemplate;
