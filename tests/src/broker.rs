@@ -39,6 +39,11 @@ impl Mosquitto {
         Err(last_err.expect("at least one attempt"))
     }
 
+    /// The broker's process id (for CPU and memory readings from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The broker's TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

@@ -10,6 +10,7 @@ mod codes;
 mod demo;
 mod detection;
 mod garbage;
+mod hostile;
 mod status;
 
 use rand::SeedableRng;
