@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 pub use histogram::{Histogram, HistogramSnapshot};
 
+use crate::wire::{PayloadError, PayloadErrorKind};
+
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// Every count the daemon keeps (all monotonic except `streams`), and the latency
@@ -66,8 +68,18 @@ counters! {
     windows,
     /// Incidents detected (anomaly events created).
     detections,
-    /// Payloads that could not be decoded (malformed, non-number, non-finite, too large).
+    /// Payloads that could not be decoded, for any reason (the total of the four counters
+    /// below and of malformed payloads: not UTF-8, not JSON, no value, a value not a number).
     payload_errors,
+    /// Payloads larger than `mqtt.max_payload_bytes`, refused before parsing.
+    oversized_payloads,
+    /// Payloads with more than `mqtt.max_channels` channels, refused at the first one beyond.
+    too_many_channels,
+    /// Payloads with a value that is NaN, infinite, beyond f64 or above 1e100 in magnitude.
+    out_of_range_values,
+    /// Payloads whose timestamp is malformed, outside [1970, 2286), or further from the
+    /// arrival time than `mqtt.max_future_ms` / `mqtt.max_past_ms` allow.
+    bad_timestamps,
     /// Topics that do not match `topics.template`.
     unknown_topics,
     /// Samples refused because their timestamp was not after the previous one of the stream.
@@ -394,6 +406,20 @@ impl QueueProbes {
     }
 }
 
+impl Metrics {
+    /// Counts a refused payload in `payload_errors` and in the counter of its kind.
+    pub fn count_payload_error(&self, e: &PayloadError) {
+        Self::inc(&self.payload_errors);
+        match e.kind() {
+            PayloadErrorKind::Oversized => Self::inc(&self.oversized_payloads),
+            PayloadErrorKind::TooManyChannels => Self::inc(&self.too_many_channels),
+            PayloadErrorKind::OutOfRange => Self::inc(&self.out_of_range_values),
+            PayloadErrorKind::Timestamp => Self::inc(&self.bad_timestamps),
+            PayloadErrorKind::Malformed => {}
+        }
+    }
+}
+
 impl Snapshot {
     /// Samples and events dropped or refused for lack of room. Codes, which are shed by
     /// design under load, are counted apart (`dropped_codes`).
@@ -409,6 +435,10 @@ impl Snapshot {
             windows = self.windows,
             detections = self.detections,
             payload_errors = self.payload_errors,
+            oversized_payloads = self.oversized_payloads,
+            too_many_channels = self.too_many_channels,
+            out_of_range_values = self.out_of_range_values,
+            bad_timestamps = self.bad_timestamps,
             unknown_topics = self.unknown_topics,
             out_of_order = self.out_of_order,
             duplicates = self.duplicates,
@@ -422,6 +452,8 @@ impl Snapshot {
             holds = self.ingest_holds,
             left_at_broker = self.left_at_broker,
             nodata = self.nodata_raised,
+            dropped_samples = self.dropped_samples,
+            refused_streams = self.refused_streams,
             codes = self.codes_published,
             dropped_codes = self.dropped_codes,
             streams = self.streams,

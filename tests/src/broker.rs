@@ -134,6 +134,11 @@ impl Mosquitto {
         }
     }
 
+    /// The broker's process id (for CPU and memory readings from /proc); 0 while stopped.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     /// The broker's TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

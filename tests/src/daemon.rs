@@ -178,6 +178,11 @@ impl Process {
         }
     }
 
+    /// The process id (for CPU and memory readings from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.try_status().is_none()

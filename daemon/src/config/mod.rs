@@ -7,11 +7,19 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sparsewatch_dsp::{PipelineParams, ValidPipelineParams};
+use sparsewatch_dsp::{PipelineParams, ValidPipelineParams, MAX_CHANNELS};
 use thiserror::Error;
 
 use crate::mqtt::security::MqttSecurity;
-use crate::wire::TopicTemplate;
+use crate::wire::{PayloadLimits, TopicTemplate};
+
+/// Upper bound of `mqtt.reconnect_max_ms`: one hour. Also keeps the doubling backoff far from
+/// `Duration` overflow.
+const MAX_RECONNECT_MS: u64 = 3_600_000;
+/// Upper bound of `log.summary_interval_secs`: one day.
+const MAX_SUMMARY_SECS: u64 = 86_400;
+/// Upper bound of `mqtt.max_future_ms` and `mqtt.max_past_ms`: 100 years.
+const MAX_SKEW_MS: u64 = 100 * 366 * 86_400_000;
 
 /// The compiled-in default configuration, with a comment on every key.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -64,6 +72,9 @@ pub struct MqttSettings {
     /// is looked up in `$CREDENTIALS_DIRECTORY` when set (systemd `LoadCredential=`).
     pub password_file: String,
     pub tls: TlsSettings,
+    pub max_channels: usize,
+    pub max_future_ms: u64,
+    pub max_past_ms: u64,
 }
 
 /// What the ingest does with a message when its worker's queue is full.
@@ -229,6 +240,19 @@ impl ValidSettings {
         }
     }
 
+    /// What the payload decoder accepts (`mqtt.max_payload_bytes`, `mqtt.max_channels`,
+    /// `mqtt.max_future_ms`, `mqtt.max_past_ms`).
+    pub fn payload_limits(&self) -> PayloadLimits {
+        let m = &self.settings.mqtt;
+        PayloadLimits {
+            max_bytes: m.max_payload_bytes,
+            max_channels: m.max_channels,
+            // Both are checked to be at most MAX_SKEW_MS, far inside i64.
+            max_future_ms: m.max_future_ms as i64,
+            max_past_ms: m.max_past_ms as i64,
+        }
+    }
+
     /// `<prefix>/<node>`, the root of every topic this daemon publishes.
     pub fn topic_root(&self) -> String {
         format!("{}/{}", self.settings.topics.prefix, self.settings.node.id)
@@ -339,6 +363,15 @@ pub fn validate_with(
             format!("must be 0 or 1, got {}", s.mqtt.qos),
         ));
     }
+    if s.mqtt.reconnect_max_ms > MAX_RECONNECT_MS {
+        return Err(invalid(
+            "mqtt.reconnect_max_ms",
+            format!(
+                "must be at most {MAX_RECONNECT_MS}, got {}",
+                s.mqtt.reconnect_max_ms
+            ),
+        ));
+    }
     if s.mqtt.reconnect_min_ms == 0 || s.mqtt.reconnect_min_ms > s.mqtt.reconnect_max_ms {
         return Err(invalid(
             "mqtt.reconnect_min_ms",
@@ -355,6 +388,27 @@ pub fn validate_with(
         ));
     }
     check_count("mqtt.request_queue", s.mqtt.request_queue, 1, 1 << 20)?;
+    check_count("mqtt.max_channels", s.mqtt.max_channels, 1, MAX_CHANNELS)?;
+    for (key, v) in [
+        ("mqtt.max_future_ms", s.mqtt.max_future_ms),
+        ("mqtt.max_past_ms", s.mqtt.max_past_ms),
+    ] {
+        if v > MAX_SKEW_MS {
+            return Err(invalid(
+                key,
+                format!("must be at most {MAX_SKEW_MS} (0 = no limit), got {v}"),
+            ));
+        }
+    }
+    if s.log.summary_interval_secs > MAX_SUMMARY_SECS {
+        return Err(invalid(
+            "log.summary_interval_secs",
+            format!(
+                "must be at most {MAX_SUMMARY_SECS}, got {}",
+                s.log.summary_interval_secs
+            ),
+        ));
+    }
     let mqtt_security = crate::mqtt::security::load(&s.mqtt, credentials_dir)?;
     let http_listen: std::net::SocketAddr = s.http.listen.parse().map_err(|_| {
         invalid(
@@ -647,5 +701,127 @@ mod tests {
         let err =
             load_with_env(Source::File(Path::new("/nonexistent/x.toml")), no_env()).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/x.toml"), "{err}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Every (table, key) of the compiled-in default, read off its text.
+        fn known_keys() -> Vec<(String, String)> {
+            let mut table = String::new();
+            let mut keys = vec![];
+            for line in DEFAULT_CONFIG.lines().map(str::trim) {
+                if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                    table = t.to_string();
+                } else if let Some((k, _)) = line.split_once(" = ") {
+                    if !line.starts_with('#') {
+                        keys.push((table.clone(), k.to_string()));
+                    }
+                }
+            }
+            keys
+        }
+
+        /// TOML values of every type, at and beyond the edges of the checked ranges.
+        fn toml_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                (0i64..70_000).prop_map(|v| v.to_string()),
+                Just("18446744073709551616".to_string()),
+                Just("0".to_string()),
+                any::<f64>().prop_map(|v| format!("{v:?}")),
+                Just("nan".to_string()),
+                Just("-inf".to_string()),
+                Just("1e400".to_string()),
+                any::<bool>().prop_map(|v| v.to_string()),
+                "[ -~]{0,12}".prop_map(|v| format!("{v:?}")),
+                Just("\"sensors/{a}/{b}\"".to_string()),
+                Just("[\"a/#\", \"+/b\"]".to_string()),
+                Just("[]".to_string()),
+                Just("{ x = 1 }".to_string()),
+                Just("1979-05-27T07:32:00Z".to_string()),
+            ]
+        }
+
+        /// A config file that sets some known keys (sometimes misspelt) to arbitrary values.
+        fn config_text() -> impl Strategy<Value = String> {
+            let keys = known_keys();
+            prop::collection::vec(
+                (
+                    prop::sample::select(keys),
+                    toml_value(),
+                    prop::bool::weighted(0.05),
+                ),
+                0..6,
+            )
+            .prop_map(|sets| {
+                let mut text = String::new();
+                for ((table, key), value, typo) in sets {
+                    let key = if typo { format!("{key}x") } else { key };
+                    text.push_str(&format!("[{table}]\n{key} = {value}\n"));
+                }
+                text
+            })
+        }
+
+        /// Environment overrides of known keys (and of near misses) with arbitrary text.
+        fn env_vars() -> impl Strategy<Value = Vec<(String, String)>> {
+            let keys = known_keys();
+            let name = prop_oneof![
+                4 => prop::sample::select(keys).prop_map(|(t, k)| format!(
+                    "{ENV_PREFIX}__{}__{}",
+                    t.replace('.', "__").to_uppercase(),
+                    k.to_uppercase()
+                )),
+                1 => "SPARSEWATCH_{0,3}[A-Z_]{0,8}",
+            ];
+            let value = prop_oneof![
+                "[ -~]{0,10}",
+                any::<i64>().prop_map(|v| v.to_string()),
+                Just(String::new())
+            ];
+            prop::collection::vec((name, value), 0..4)
+        }
+
+        /// What every accepted configuration promises the code that runs with it.
+        fn check_accepted(v: &ValidSettings) {
+            let s = &v.settings;
+            let max_backoff = std::time::Duration::from_millis(s.mqtt.reconnect_max_ms);
+            assert!(
+                max_backoff.checked_mul(2).is_some(),
+                "backoff doubling cannot overflow"
+            );
+            let every = std::time::Duration::from_secs(s.log.summary_interval_secs);
+            assert!(std::time::Instant::now().checked_add(every).is_some());
+            let l = v.payload_limits();
+            assert!((1..=MAX_CHANNELS).contains(&l.max_channels));
+            assert!(l.max_future_ms >= 0 && l.max_past_ms >= 0);
+            assert!(!s.mqtt.subscribe.is_empty());
+            assert!(validate(s.clone()).is_ok(), "validation is idempotent");
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3_000, ..ProptestConfig::default() })]
+
+            /// Arbitrary text as the config file: Ok or an error that says what is wrong.
+            #[test]
+            fn arbitrary_text_is_loaded_or_refused(text in "[ -~\n]{0,200}") {
+                match load_with_env(Source::Text(&text), no_env()) {
+                    Ok(v) => check_accepted(&v),
+                    Err(e) => prop_assert!(e.to_string().starts_with("invalid configuration")),
+                }
+            }
+
+            /// Known keys set to values of every type, plus environment overrides: Ok with
+            /// every promise kept, or an error naming the key at fault.
+            #[test]
+            fn known_keys_with_any_values_are_loaded_or_refused(text in config_text(), env in env_vars()) {
+                match load_with_env(Source::Text(&text), env) {
+                    Ok(v) => check_accepted(&v),
+                    Err(e) => prop_assert!(e.to_string().starts_with("invalid configuration: "), "{e}"),
+                }
+            }
+        }
     }
 }

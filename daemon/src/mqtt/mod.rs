@@ -463,11 +463,14 @@ impl Ingest {
             self.ack_now(token);
             return None;
         };
-        let max = self.settings.settings.mqtt.max_payload_bytes;
-        let (ts_ms, channels) = match decode_payload(&p.payload, now, max) {
+        let (ts_ms, channels) = match decode_payload(
+            &p.payload,
+            now,
+            &self.settings.payload_limits(),
+        ) {
             Ok(v) => v,
             Err(e) => {
-                Metrics::inc(&m.payload_errors);
+                m.count_payload_error(&e);
                 if let Some(held) = PAYLOAD_LOG.allow(now) {
                     tracing::warn!(topic = %p.topic, error = %e, suppressed = held, "bad payload; skipped");
                 }

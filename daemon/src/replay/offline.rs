@@ -126,7 +126,7 @@ pub fn run(
         let decoded = decode_payload(
             r.msg.payload.as_bytes(),
             r.msg.time_ms,
-            s.mqtt.max_payload_bytes,
+            &settings.payload_limits(),
         );
         let (ts, channels) = match decoded {
             Ok(v) => v,

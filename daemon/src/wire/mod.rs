@@ -10,5 +10,7 @@ mod topic;
 pub use events::{
     AnomalyMessage, CodeMessage, NoDataMessage, OutboundEvent, StatusMessage, SCHEMA_VERSION,
 };
-pub use payload::{decode_payload, PayloadError, Reading};
+pub use payload::{
+    decode_payload, PayloadError, PayloadErrorKind, PayloadLimits, Reading, MAX_ABS_VALUE,
+};
 pub use topic::TopicTemplate;

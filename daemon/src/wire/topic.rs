@@ -96,4 +96,79 @@ mod tests {
             assert!(TopicTemplate::parse(bad).is_err(), "{bad}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Template-ish text: levels of literals, placeholders, wildcards and stray braces.
+        fn template_text() -> impl Strategy<Value = String> {
+            let level = prop_oneof![
+                "[a-c]{0,3}",
+                "\\{[a-c]{0,2}\\}",
+                Just("+".to_string()),
+                Just("#".to_string()),
+                "[a-c{}+#/ ]{0,4}",
+            ];
+            prop::collection::vec(level, 0..6).prop_map(|l| l.join("/"))
+        }
+
+        /// One topic level as a publisher might send it (no '/'), possibly empty.
+        fn level() -> impl Strategy<Value = String> {
+            prop_oneof!["[a-c]{0,3}", "[^/]{0,4}", Just("{x}".to_string())]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+            /// Any text parses or is refused with a reason; any topic matches or not; never a
+            /// panic. What matches has as many key levels as the template has placeholders.
+            #[test]
+            fn arbitrary_templates_and_topics_never_panic(t in template_text(), topic in "[a-c{}+#/]{0,12}") {
+                match TopicTemplate::parse(&t) {
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                    Ok(tpl) => {
+                        let fields = tpl.levels.iter().filter(|l| matches!(l, Level::Field)).count();
+                        prop_assert!(fields >= 1);
+                        if let Some(key) = tpl.key(&topic) {
+                            prop_assert_eq!(key.split('/').count(), fields);
+                            prop_assert!(key.split('/').all(|p| !p.is_empty()));
+                        }
+                    }
+                }
+            }
+
+            /// Filling a valid template's placeholders with non-empty levels gives back exactly
+            /// those levels as the key; changing a literal level, or adding or removing a level,
+            /// makes the topic not match.
+            #[test]
+            fn filled_templates_round_trip(t in template_text(), fill in prop::collection::vec(level(), 6), extra in level()) {
+                let Ok(tpl) = TopicTemplate::parse(&t) else { return Ok(()) };
+                let mut parts = vec![];
+                let mut key = vec![];
+                let mut fills = fill.iter().map(|f| if f.is_empty() { "x" } else { f.as_str() });
+                for l in &tpl.levels {
+                    match l {
+                        Level::Literal(lit) => parts.push(lit.clone()),
+                        Level::Field => {
+                            let f = fills.next().unwrap_or("x").to_string();
+                            key.push(f.clone());
+                            parts.push(f);
+                        }
+                    }
+                }
+                let topic = parts.join("/");
+                prop_assert_eq!(tpl.key(&topic), Some(key.join("/")));
+                prop_assert_eq!(tpl.key(&format!("{topic}/{extra}")), None);
+                if let Some((short, _)) = topic.rsplit_once('/') {
+                    prop_assert_eq!(tpl.key(short), None);
+                }
+                if let Some(i) = tpl.levels.iter().position(|l| matches!(l, Level::Literal(_))) {
+                    let mut changed = parts.clone();
+                    changed[i].push('~');
+                    prop_assert_eq!(tpl.key(&changed.join("/")), None);
+                }
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod delivery;
 mod demo;
 mod detection;
 mod garbage;
+mod hostile;
 mod http;
 mod restart;
 mod security;
