@@ -118,7 +118,7 @@ mod tests {
         let running = load("");
         let new = load(
             "[pipeline.alert]\nthreshold = 0.999\n[topics]\ntemplate = \"s/{a}/{b}/x\"\n\
-             [mqtt]\nport = 1999\n[pipeline.framer]\nhop = 4\n[output.codes]\nevery = 5\n",
+             [mqtt]\nport = 1999\n[pipeline.framer]\nhop = 8\n[output.codes]\nevery = 5\n",
         );
         let p = plan(&running, &new);
         assert_eq!(
@@ -133,7 +133,10 @@ mod tests {
         let merged = merge_live(&running, &new);
         assert_eq!(merged.settings.pipeline.alert.threshold, 0.999);
         assert_eq!(merged.settings.mqtt.port, running.settings.mqtt.port);
-        assert_eq!(merged.settings.pipeline.framer.hop, 8);
+        assert_eq!(
+            merged.settings.pipeline.framer.hop, 4,
+            "the running hop stays until a restart"
+        );
         assert_eq!(merged.template.key("s/p/q/x").as_deref(), Some("p/q"));
         assert_eq!(
             worker_settings(&merged).codes_every,

@@ -312,7 +312,7 @@ fn restored_streams_are_fitted_to_the_configured_model() {
     assert_eq!(fitted.pipeline.counters().windows, windows);
 
     let mut p = PipelineParams::default();
-    p.framer.hop = 4;
+    p.framer.hop = 8; // the default is 4
     let err = checkpoint::reconcile(r, &p.check().unwrap()).unwrap_err();
     assert!(err.contains("pipeline.framer"), "{err}");
 }
@@ -410,7 +410,7 @@ fn inspect_shows_streams_and_damage() {
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(cols[1], "a,b", "{line}");
     assert_eq!(cols[3], "600", "samples: {line}");
-    assert_eq!(cols[4], "72", "windows: (600 − 32) / 8 + 1 = 72: {line}");
+    assert_eq!(cols[4], "143", "windows: (600 − 32) / 4 + 1 = 143: {line}");
     assert_eq!(cols[8], "64", "dictionary n = 32 × 2: {line}");
 
     let mut bytes = std::fs::read(dir.path().join(CURRENT)).unwrap();

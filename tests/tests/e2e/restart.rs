@@ -12,8 +12,8 @@ use sparsewatch_e2e::{daemon_binary, Daemon, Process, TestClient, TestConfig, TI
 use crate::{gaussian, start_online, start_online_with_env, values_payload, T0_MS};
 
 const KEY: &str = "line1/motor";
-/// Samples per run; 1 200 samples make (1 200 − 32) / 8 + 1 = 147 windows, past the
-/// likelihood's warm-up (64 + 64 windows).
+/// Samples per run; 1 200 samples make (1 200 − 32) / 4 + 1 = 293 windows, past the
+/// likelihood's warm-up (32 + 64 windows).
 const N: usize = 1_200;
 
 /// A config whose checkpoints go to `state` (written only at a clean stop, unless
@@ -136,7 +136,8 @@ fn a_restarted_daemon_continues_its_streams_without_a_new_warm_up() {
         .unwrap();
     assert_eq!(
         code["window"],
-        ((N - 32) / 8 + 1) as u64,
+        // The default framer: window 32, hop 4.
+        ((N - 32) / 4 + 1) as u64,
         "window numbering continues: {code}"
     );
     assert!(
