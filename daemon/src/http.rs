@@ -2,7 +2,7 @@
 //!
 //! - `GET /metrics`: Prometheus text format ([`crate::metrics::exposition`]).
 //! - `GET /healthz`: 200 while every DSP worker makes progress, 503 naming the stuck ones.
-//! - `GET /readyz`: 200 when connected to the broker, learned state restored, not stopping and
+//! - `GET /readyz`: 200 when connected to the broker and subscribed, learned state restored, not stopping and
 //!   (if `http.input_stall_secs` is set) input arriving; 503 naming what is missing.
 //!
 //! Hand-rolled instead of a framework to keep the binary small: the endpoint serves a few
@@ -378,6 +378,12 @@ mod tests {
         assert!(r.body.contains("not connected"), "{}", r.body);
         assert_eq!(route(&get("/healthz"), &s).status, Status::Ok);
         s.metrics.health.connected();
+        let r = route(&get("/readyz"), &s);
+        assert!(r.body.contains("not subscribed"), "{}", r.body);
+        s.metrics
+            .health
+            .subscribed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(route(&get("/readyz"), &s).status, Status::Ok);
     }
 

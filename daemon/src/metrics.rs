@@ -232,6 +232,9 @@ pub struct Health {
     pub state_restored: AtomicBool,
     /// Set when the daemon has begun to stop; `/readyz` is 503 from then on.
     pub stopping: AtomicBool,
+    /// True from the broker's SUBACK to the next connection error: until then messages
+    /// published to the input topics may not reach the daemon, so `/readyz` waits for it.
+    pub subscribed: AtomicBool,
     /// Wall-clock time (Unix ms) of the last checkpoint written, 0 = none yet. The checkpoint
     /// code stores it after each successful write (or restore); `/metrics` shows it as
     /// `sparsewatch_last_checkpoint_timestamp_seconds` and `sparsewatch_checkpoint_age_seconds`.
@@ -249,6 +252,7 @@ impl Default for Health {
             broker_connected: Arc::new(AtomicBool::new(false)),
             state_restored: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
             last_checkpoint_unix_ms: AtomicI64::new(0),
             last_message_mono_ms: AtomicI64::new(-1),
             connected_mono_ms: AtomicI64::new(-1),
@@ -320,6 +324,8 @@ impl Health {
         }
         if !self.broker_connected.load(Ordering::Relaxed) {
             p.push("not connected to the broker".into());
+        } else if !self.subscribed.load(Ordering::Relaxed) {
+            p.push("not subscribed yet".into());
         }
         if !self.state_restored.load(Ordering::Relaxed) {
             p.push("learned state not restored yet".into());
@@ -524,6 +530,8 @@ mod tests {
         let p = h.readiness(None);
         assert_eq!(p, vec!["not connected to the broker".to_string()]);
         h.connected();
+        assert_eq!(h.readiness(None), vec!["not subscribed yet".to_string()]);
+        h.subscribed.store(true, Ordering::Relaxed);
         assert!(h.readiness(None).is_empty());
         assert!(h.readiness(Some(Duration::from_secs(60))).is_empty());
         h.state_restored.store(false, Ordering::Relaxed);
@@ -536,6 +544,7 @@ mod tests {
         let h = Health::default();
         let limit = Some(Duration::from_secs(2));
         h.connected();
+        h.subscribed.store(true, Ordering::Relaxed);
         let t0 = h.connected_mono_ms.load(Ordering::Relaxed);
         assert!(h.readiness_at(limit, t0 + 1_000).is_empty());
         let p = h.readiness_at(limit, t0 + 5_000);

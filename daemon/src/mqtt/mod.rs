@@ -336,6 +336,12 @@ impl Ingest {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => held = self.on_publish(p),
                 Ok(Event::Incoming(Packet::PubAck(a))) => self.link.on_puback(a.pkid),
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    self.metrics
+                        .health
+                        .subscribed
+                        .store(true, Ordering::Relaxed);
+                }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
                     self.link.on_sent(pkid)
                 }
@@ -346,6 +352,10 @@ impl Ingest {
                 Ok(_) => {}
                 Err(e) => {
                     self.acker.retire_connection(&mut eventloop);
+                    self.metrics
+                        .health
+                        .subscribed
+                        .store(false, Ordering::Relaxed);
                     if self.connected.swap(false, Ordering::Relaxed) {
                         lost_at = Some(Instant::now());
                         Metrics::set(&self.metrics.broker_connected, 0);
