@@ -292,6 +292,17 @@ fn detect_during_outage(
         "nothing can be published while the broker is down: {s:?}"
     );
     assert!(s.counter("windows") > 0);
+    eprintln!(
+        "{}: during the outage: samples={} windows={} detections={} events_buffered={} \
+         dropped_events={} dropped_codes={}",
+        config.node_id,
+        s.counter("samples"),
+        s.counter("windows"),
+        s.counter("detections"),
+        s.counter("events_buffered"),
+        s.counter("dropped_events"),
+        s.counter("dropped_codes")
+    );
     (daemon, s)
 }
 
