@@ -176,6 +176,18 @@ impl Outbox {
         Ok(result)
     }
 
+    /// Removes the event `id`, which the broker acknowledged, if it is still the front one.
+    /// While its publish waited for the PUBACK, the spool file's bound may have dropped it
+    /// (it was the oldest, see [`Outbox::push`]); then nothing is removed and `None` comes
+    /// back, so an acknowledgement never removes the next, unpublished event.
+    pub fn complete(&mut self, id: u64) -> std::io::Result<Option<Entry>> {
+        if self.items.front().is_some_and(|e| e.id == id) {
+            self.pop_front()
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Removes the front event: the broker acknowledged it.
     pub fn pop_front(&mut self) -> std::io::Result<Option<Entry>> {
         let Some(entry) = self.items.pop_front() else {
@@ -365,6 +377,38 @@ mod tests {
         assert_eq!(keys, ["c", "d"]);
         let text = std::fs::read_to_string(&s.file).unwrap();
         assert_eq!(text.lines().count(), 2, "compacted: {text}");
+    }
+
+    /// The publish of the front event waits for its PUBACK while new events arrive; the spool
+    /// file's bound drops the oldest, which is that front event. Its PUBACK must not remove
+    /// the next event, which was never published.
+    #[test]
+    fn an_acknowledgement_never_removes_an_event_it_does_not_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = {
+            let mut l = serde_json::to_vec(&Record::Add {
+                add: 1,
+                event: event("k"),
+            })
+            .unwrap();
+            l.push(b'\n');
+            l.len() as u64
+        };
+        let s = settings(dir.path(), 100, one * 2 + one / 2);
+        let (mut o, _) = Outbox::open(&s).unwrap();
+        o.push(event("a"), Some(1)).unwrap();
+        o.push(event("b"), Some(1)).unwrap();
+        let in_flight = o.front().unwrap().id;
+        let r = o.push(event("c"), None).unwrap();
+        assert_eq!(r.dropped_oldest, 1, "the bound drops the oldest");
+        assert_eq!(o.complete(in_flight).unwrap(), None);
+        let keys: Vec<_> = o.items.iter().map(|e| e.event.key().to_string()).collect();
+        assert_eq!(keys, ["b", "c"], "nothing unpublished was removed");
+        let b = o.front().unwrap().id;
+        assert_eq!(o.complete(b).unwrap().unwrap().event.key(), "b");
+        let (reloaded, restored) = Outbox::open(&s).unwrap();
+        assert_eq!(restored, 1);
+        assert_eq!(reloaded.front().unwrap().event.key(), "c");
     }
 
     #[test]

@@ -84,6 +84,16 @@ pub struct WorkerContext {
 /// How often an idle worker beats its heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 
+/// Test hook, off unless set: the path of a gate file. While that file exists, every worker
+/// leaves its queue alone (it still beats its heartbeat, and readings keep queueing up to
+/// `workers.queue_capacity`); removing the file lets them go on. The e2e tests use it to have
+/// the daemon hold readings while they stop the broker, so that the windows are scored (and
+/// anomalies detected) during the outage, deterministically.
+pub const GATE_ENV: &str = "SPARSEWATCH_TEST_WORKER_GATE";
+
+/// How often a gated worker looks whether the gate file is gone.
+const GATE_POLL: Duration = Duration::from_millis(10);
+
 /// Requests to a worker besides readings.
 pub enum Control {
     /// Encode every stream's state (checkpoint records) and send them back.
@@ -186,6 +196,10 @@ impl Workers {
         let mut control_senders = Vec::with_capacity(count);
         let mut heartbeats = Vec::with_capacity(count);
         let mut per_worker: Vec<Vec<StreamRecord>> = (0..count).map(|_| Vec::new()).collect();
+        let gate = std::env::var_os(GATE_ENV).map(std::path::PathBuf::from);
+        if let Some(g) = &gate {
+            tracing::warn!(path = %g.display(), "test hook {GATE_ENV}: workers wait while this file exists");
+        }
         for r in restored {
             per_worker[owner(&r.key, count)].push(r);
         }
@@ -206,6 +220,7 @@ impl Workers {
             // by hand); a full control queue fails that request, which is reported.
             let (ctl_tx, ctl_rx) = bounded::<Control>(4);
             let mut worker = Worker::new(ctx.clone());
+            worker.gate = gate.clone();
             for r in mine {
                 worker.restore(r);
             }
@@ -318,6 +333,8 @@ struct Worker {
     streams: HashMap<String, Stream>,
     /// Live `output.codes` setting: `Some(every)` while codes are published.
     codes_every: Option<u64>,
+    /// Test hook [`GATE_ENV`]: readings wait while this file exists.
+    gate: Option<std::path::PathBuf>,
 }
 
 static BAD_INPUT: LogLimiter = LogLimiter::new(10_000);
@@ -328,6 +345,7 @@ impl Worker {
             codes_every: ctx.codes.as_ref().filter(|c| c.enabled).map(|c| c.every),
             ctx,
             streams: HashMap::new(),
+            gate: None,
         }
     }
 
@@ -351,6 +369,11 @@ impl Worker {
         let mut next_check = Instant::now() + tick;
         heartbeat.beat();
         loop {
+            if self.gate.as_ref().is_some_and(|g| g.exists()) {
+                heartbeat.beat();
+                std::thread::sleep(GATE_POLL);
+                continue;
+            }
             let wait = next_check.saturating_duration_since(Instant::now());
             let requests = if ctl_open { &ctl } else { &never };
             crossbeam_channel::select! {

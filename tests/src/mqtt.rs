@@ -46,7 +46,8 @@ enum Control {
     Error(String),
 }
 
-/// A connected MQTT 3.1.1 client (clean session), disconnected on drop.
+/// A connected MQTT 3.1.1 client (a clean session unless made with
+/// [`TestClient::connect_persistent`]), disconnected on drop.
 pub struct TestClient {
     client: Client,
     messages: Receiver<Message>,
@@ -58,11 +59,25 @@ pub struct TestClient {
 impl TestClient {
     /// Connects to the broker on 127.0.0.1:`port` as client `id` and waits for the CONNACK.
     pub fn connect(port: u16, id: &str) -> Result<Self> {
+        Self::connect_with(port, id, true)
+    }
+
+    /// As [`connect`](Self::connect), with a persistent session (clean session off): the
+    /// broker keeps this client's subscriptions and queues QoS 1 messages for it while it is
+    /// away, and delivers them when a client with the same `id` connects again (with a
+    /// broker that persists its state, also across a broker restart). A test subscriber uses
+    /// this to receive what was published while the broker was restarting and it was not
+    /// connected yet.
+    pub fn connect_persistent(port: u16, id: &str) -> Result<Self> {
+        Self::connect_with(port, id, false)
+    }
+
+    fn connect_with(port: u16, id: &str, clean_session: bool) -> Result<Self> {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(1 << 20, 1 << 20)
-            .set_clean_session(true);
+            .set_clean_session(clean_session);
         let (client, mut connection) = Client::new(options, 1024);
         let (msg_tx, messages) = mpsc::channel();
         let (ctl_tx, control) = mpsc::channel();

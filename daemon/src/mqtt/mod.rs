@@ -586,6 +586,7 @@ pub async fn publish_outbound(
                 continue;
             }
             if let Some(entry) = outbox.front_mut() {
+                let id = entry.id;
                 let late = entry.connection != Some(conn);
                 if late {
                     entry.event.set_delayed(true);
@@ -608,7 +609,9 @@ pub async fn publish_outbound(
                 .await;
                 metrics.latency.publish_event.observe(started.elapsed());
                 if delivered {
-                    if let Ok(Some(done)) = outbox.pop_front().map_err(|e| {
+                    // By id: while the PUBACK was awaited the spool file's bound may have
+                    // dropped this event (counted then), and the front is another one.
+                    if let Ok(Some(done)) = outbox.complete(id).map_err(|e| {
                         tracing::error!(error = %e, "cannot record a delivered event in the spool file");
                     }) {
                         Metrics::inc(&metrics.events_published);
@@ -617,7 +620,7 @@ pub async fn publish_outbound(
                         }
                     }
                     Metrics::set(&metrics.events_buffered, outbox.len() as u64);
-                } else if let Some(entry) = outbox.front_mut() {
+                } else if let Some(entry) = outbox.front_mut().filter(|e| e.id == id) {
                     // Not acknowledged on this connection: it goes out again, late.
                     entry.event.set_delayed(true);
                 }

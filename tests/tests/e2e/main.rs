@@ -13,6 +13,7 @@ mod detection;
 mod garbage;
 mod hostile;
 mod http;
+mod outage;
 mod restart;
 mod security;
 mod status;
