@@ -534,8 +534,8 @@ mod tests {
 
     #[test]
     fn warm_up_is_reported_as_such() {
-        // 400 samples are windows 0..=92 at hop 4; the likelihood needs 32 + 64 windows.
-        let (_, reports) = run(noise(5).take(400));
+        // 150 samples are windows 0..=29 at hop 4; the raw-scale likelihood needs 64 windows.
+        let (_, reports) = run(noise(5).take(150));
         assert!(reports
             .iter()
             .all(|r| r.step == AlertStep::Warmup && r.likelihood.is_none()));
