@@ -178,6 +178,45 @@ mod tests {
     }
 
     #[test]
+    fn a_spike_in_the_newest_samples_scores_at_once() {
+        // Two channels of 32-sample windows; channel 1 gets one sample 6 amplitudes high as
+        // the newest of the window. Its window mean moves by 6/32 of an amplitude (inside the
+        // spread of a sine's window means); the newest eighth's mean moves by 6/4.
+        let len = 32;
+        let mut b = BaselineScorer::new(BaselineParams::default(), 2);
+        let window = |i: usize, spike: f64| -> Vec<f64> {
+            let mut v: Vec<f64> = (0..2 * len)
+                .map(|j| ((i * 4 + j % len) as f64 * 0.3).sin())
+                .collect();
+            v[2 * len - 1] += spike;
+            v
+        };
+        for i in 0..200 {
+            b.score(&WindowView {
+                start_ms: 0,
+                end_ms: 0,
+                len,
+                channels: 2,
+                values: &window(i, 0.0),
+            });
+            b.learn();
+        }
+        let spiked = window(200, 6.0);
+        let s = b.score(&WindowView {
+            start_ms: 0,
+            end_ms: 0,
+            len,
+            channels: 2,
+            values: &spiked,
+        });
+        assert!(s.score > 0.5, "{s:?}");
+        assert_eq!(s.channel, 1);
+        // The third feature of channel 1 is the mean of its newest 32 / 8 = 4 samples.
+        let newest = spiked[2 * len - 4..].iter().sum::<f64>() / 4.0;
+        assert!((b.current[FEATURES_PER_CHANNEL + 2] - newest).abs() < 1e-12);
+    }
+
+    #[test]
     fn flat_history_stays_finite() {
         let mut b = BaselineScorer::new(BaselineParams::default(), 1);
         for _ in 0..20 {
