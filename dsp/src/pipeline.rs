@@ -533,9 +533,20 @@ mod tests {
     }
 
     #[test]
+    fn no_false_alarm_right_after_the_warm_up() {
+        // The raw scale scores from window 64 (sample 288), when the baseline's history holds
+        // only 48 heavily overlapping windows: its Gaussian fit must not turn noise into alarms.
+        for seed in 100..108 {
+            let (p, reports) = run(noise(seed).take(3000));
+            assert!(reports.iter().any(|r| r.likelihood.is_some()));
+            assert_eq!(p.counters().detections, 0, "false alarm with seed {seed}");
+        }
+    }
+
+    #[test]
     fn warm_up_is_reported_as_such() {
-        // 400 samples are windows 0..=92 at hop 4; the likelihood needs 32 + 64 windows.
-        let (_, reports) = run(noise(5).take(400));
+        // 150 samples are windows 0..=29 at hop 4; the raw-scale likelihood needs 64 windows.
+        let (_, reports) = run(noise(5).take(150));
         assert!(reports
             .iter()
             .all(|r| r.step == AlertStep::Warmup && r.likelihood.is_none()));

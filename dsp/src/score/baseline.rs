@@ -1,7 +1,10 @@
 //! The baseline detector: a rolling-window Gaussian on per-window features.
 //!
-//! For each channel the features of a window are its mean and its standard deviation (a level
-//! shift moves the first, a stuck-at fault or a vibration change moves the second). Each
+//! For each channel the features of a window are its mean, its standard deviation (a level
+//! shift moves the first, a stuck-at fault or a vibration change moves the second) and the
+//! mean of its newest eighth (at least one sample): a spike or the first samples of a level
+//! shift move that one at once, where the whole window's mean moves by an eighth as much and
+//! only reaches its full change a window later. Each
 //! feature is compared with a normal fitted to the same feature over the last `history`
 //! learned windows, giving a two-sided tail probability per feature. The smallest tail, times
 //! the number of features (Bonferroni), is the window's p-value, and the raw score is its
@@ -49,7 +52,7 @@ impl BaselineParams {
     }
 }
 
-const FEATURES_PER_CHANNEL: usize = 2;
+const FEATURES_PER_CHANNEL: usize = 3;
 /// A p-value of 1e-10 or below scores 1.
 const SURPRISE_DECADES: f64 = 10.0;
 
@@ -88,8 +91,11 @@ impl BaselineScorer {
             let n = xs.len() as f64;
             let mean = xs.iter().sum::<f64>() / n;
             let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+            let recent = (xs.len() / 8).max(1);
+            let recent_mean = xs[xs.len() - recent..].iter().sum::<f64>() / recent as f64;
             self.current[FEATURES_PER_CHANNEL * c] = mean;
             self.current[FEATURES_PER_CHANNEL * c + 1] = var.sqrt();
+            self.current[FEATURES_PER_CHANNEL * c + 2] = recent_mean;
         }
         let have = self.stored.min(self.params.history);
         if have < self.params.min_history {
@@ -169,6 +175,45 @@ mod tests {
             b.score(&view(&stuck)).score > 0.5,
             "a stuck channel loses its variance"
         );
+    }
+
+    #[test]
+    fn a_spike_in_the_newest_samples_scores_at_once() {
+        // Two channels of 32-sample windows; channel 1 gets one sample 6 amplitudes high as
+        // the newest of the window. Its window mean moves by 6/32 of an amplitude (inside the
+        // spread of a sine's window means); the newest eighth's mean moves by 6/4.
+        let len = 32;
+        let mut b = BaselineScorer::new(BaselineParams::default(), 2);
+        let window = |i: usize, spike: f64| -> Vec<f64> {
+            let mut v: Vec<f64> = (0..2 * len)
+                .map(|j| ((i * 4 + j % len) as f64 * 0.3).sin())
+                .collect();
+            v[2 * len - 1] += spike;
+            v
+        };
+        for i in 0..200 {
+            b.score(&WindowView {
+                start_ms: 0,
+                end_ms: 0,
+                len,
+                channels: 2,
+                values: &window(i, 0.0),
+            });
+            b.learn();
+        }
+        let spiked = window(200, 6.0);
+        let s = b.score(&WindowView {
+            start_ms: 0,
+            end_ms: 0,
+            len,
+            channels: 2,
+            values: &spiked,
+        });
+        assert!(s.score > 0.5, "{s:?}");
+        assert_eq!(s.channel, 1);
+        // The third feature of channel 1 is the mean of its newest 32 / 8 = 4 samples.
+        let newest = spiked[2 * len - 4..].iter().sum::<f64>() / 4.0;
+        assert!((b.current[FEATURES_PER_CHANNEL + 2] - newest).abs() < 1e-12);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! the recent smoothed scores, and the likelihood is one minus the *upper* tail probability of
 //! the current smoothed score. Unlike NuPIC, unusually low scores are not mirrored into alarms.
 //!
-//! During warm-up (`learning_period` windows ignored, then `estimation_samples` collected) the
-//! likelihood is `None`: the caller reports warm-up, never an anomaly.
+//! During warm-up (`learning_period` windows ignored, then, except on the raw scale, which
+//! fits nothing, `estimation_samples` collected) the likelihood is `None`: the caller reports
+//! warm-up, never an anomaly.
 //!
 //! With `scale = "raw"` (the default) the output is the averaged raw score itself, after the
 //! same warm-up: the right choice for a raw score that is already calibrated, like the
@@ -32,11 +33,14 @@ pub struct LikelihoodParams {
     pub averaging_window: usize,
     /// Smoothed scores kept for the fit (NuPIC: 8640). Range 10..=100000, default 2048.
     pub history: usize,
-    /// Windows ignored at the start while the scorer learns. Range 0..=100000, default 32
-    /// (with the 64 estimation windows: 384 samples at hop 4, inside NAB's probation of
-    /// 15 % of a 2 600-row file, and before SKAB's faults at ~570 rows).
+    /// Windows ignored at the start while the scorer learns. Range 0..=100000, default 64
+    /// (288 samples at hop 4 and window 32 on the raw scale, inside NAB's probation of 15 % of
+    /// a 2 000-row file and before SKAB's faults at ~570 rows; 544 with the 64 estimation
+    /// windows of the other scales). 32 scored NAB's short files earlier but raised false
+    /// alarms on SKAB from a baseline history that was still too short (BENCHMARKS.md).
     pub learning_period: usize,
-    /// Windows collected after that before the first fit. Range 10..=100000, default 64.
+    /// Windows collected after that before the first fit (not on the raw scale, which fits
+    /// nothing). Range 10..=100000, default 64.
     pub estimation_samples: usize,
     /// Windows between refits. Range 1..=100000, default 16.
     pub reestimation_period: usize,
@@ -68,7 +72,7 @@ impl Default for LikelihoodParams {
         Self {
             averaging_window: 4,
             history: 2048,
-            learning_period: 32,
+            learning_period: 64,
             estimation_samples: 64,
             reestimation_period: 16,
             scale: LikelihoodScale::Raw,
@@ -163,6 +167,11 @@ impl AnomalyLikelihood {
         let smoothed = (self.recent_sum / filled as f64).clamp(0.0, 1.0);
         if self.seen as usize <= self.params.learning_period {
             return None;
+        }
+        if self.params.scale == LikelihoodScale::Raw {
+            // Nothing to fit: the raw score is reported as soon as the detector has learned.
+            self.fitted = true;
+            return Some(smoothed);
         }
         if learn || !self.fitted {
             let cap = self.params.history;

@@ -1,8 +1,12 @@
 //! The framer: window length L, hop H, C channels, windows laid out channel-major.
 //!
 //! Gap handling (event time): a sample whose timestamp is more than `max_gap_ms` after the
-//! previous one starts a new segment; the partial window before the gap is discarded, because
-//! a window that straddles a gap mixes two unrelated stretches of signal. A sample whose
+//! previous one, and more than `gap_factor` times the stream's usual interval, starts a new
+//! segment; the partial window before the gap is discarded, because a window that straddles a
+//! gap mixes two unrelated stretches of signal. The usual interval is learned per stream (a
+//! running mean of its intervals that were not gaps), so a sensor that reports once an hour
+//! is framed like one that reports once a second, instead of every one of its samples being
+//! a "gap" that discards the window (no window would ever complete). A sample whose
 //! timestamp is not after the previous one (duplicate or out of order) is refused, so a
 //! redelivered message is never counted twice in a window.
 
@@ -10,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::params::{check_range, ParamError};
 use crate::sample::{Sample, MAX_CHANNELS};
+
+/// Intervals the usual interval is averaged over (the weight of a new one is 1/this).
+const USUAL_SPAN: f64 = 32.0;
 
 /// Framing parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,8 +28,13 @@ pub struct FramerParams {
     /// (a window every 4 samples: detections land within 4 rows of the evidence).
     pub hop: usize,
     /// A larger gap between consecutive timestamps (ms) discards the partial window and
-    /// restarts framing. 0 disables gap detection. Default 600 000 (10 minutes).
+    /// restarts framing, if it is also a gap by `gap_factor`. 0 disables gap detection.
+    /// Default 600 000 (10 minutes).
     pub max_gap_ms: i64,
+    /// An interval is a gap only when it is also longer than `gap_factor` × the stream's usual
+    /// interval (the running mean of its non-gap intervals; the first interval sets it).
+    /// 0 = `max_gap_ms` alone. Range 0..=1e6, default 8.
+    pub gap_factor: f64,
 }
 
 impl Default for FramerParams {
@@ -31,6 +43,7 @@ impl Default for FramerParams {
             window_len: 32,
             hop: 4,
             max_gap_ms: 600_000,
+            gap_factor: 8.0,
         }
     }
 }
@@ -39,7 +52,8 @@ impl FramerParams {
     pub fn check(&self) -> Result<(), ParamError> {
         check_range("window_len", "in 4..=4096", self.window_len, 4, 4096)?;
         check_range("hop", "in 1..=window_len", self.hop, 1, self.window_len)?;
-        check_range("max_gap_ms", ">= 0", self.max_gap_ms, 0, i64::MAX)
+        check_range("max_gap_ms", ">= 0", self.max_gap_ms, 0, i64::MAX)?;
+        check_range("gap_factor", "in 0..=1e6", self.gap_factor, 0.0, 1e6)
     }
 }
 
@@ -91,6 +105,9 @@ pub struct Framer {
     held: usize,
     since_emit: usize,
     last_ts: Option<i64>,
+    /// Running mean of the intervals that were not gaps (ms); 0 before the first interval.
+    #[serde(default)]
+    usual_interval_ms: f64,
     /// The last completed window, channel-major.
     window: Vec<f64>,
     window_start_ms: i64,
@@ -115,6 +132,7 @@ impl Framer {
             held: 0,
             since_emit: 0,
             last_ts: None,
+            usual_interval_ms: 0.0,
             window: vec![0.0; l * channels],
             window_start_ms: 0,
             window_end_ms: 0,
@@ -150,10 +168,15 @@ impl Framer {
             if ts <= last {
                 return PushOutcome::OutOfOrder;
             }
-            if self.params.max_gap_ms > 0 && ts.saturating_sub(last) > self.params.max_gap_ms {
+            let interval = ts.saturating_sub(last);
+            gap = self.is_gap(interval);
+            if gap {
                 self.held = 0;
                 self.since_emit = 0;
-                gap = true;
+            } else if self.usual_interval_ms == 0.0 {
+                self.usual_interval_ms = interval as f64;
+            } else {
+                self.usual_interval_ms += (interval as f64 - self.usual_interval_ms) / USUAL_SPAN;
             }
         }
         self.last_ts = Some(ts);
@@ -175,6 +198,19 @@ impl Framer {
         } else {
             PushOutcome::Buffered
         }
+    }
+
+    /// Whether an interval between consecutive samples is a gap. The first interval of a
+    /// stream never is (it sets the usual interval) unless `gap_factor` is 0.
+    fn is_gap(&self, interval: i64) -> bool {
+        let p = &self.params;
+        if p.max_gap_ms == 0 || interval <= p.max_gap_ms {
+            return false;
+        }
+        if p.gap_factor == 0.0 {
+            return true;
+        }
+        self.usual_interval_ms > 0.0 && interval as f64 > p.gap_factor * self.usual_interval_ms
     }
 
     /// Copies the ring (oldest first) into the channel-major window buffer.
@@ -212,6 +248,7 @@ mod tests {
             window_len: l,
             hop: h,
             max_gap_ms: 100,
+            gap_factor: 8.0,
         };
         Framer::new(p, c)
     }
@@ -285,6 +322,37 @@ mod tests {
         );
         assert!(f.window().values.iter().all(|&v| v == 9.0));
         assert_eq!(f.window().start_ms, 1000);
+    }
+
+    #[test]
+    fn a_slow_stream_is_framed_by_its_own_interval() {
+        // One sample an hour: every interval is far above max_gap_ms (100 ms here), but it is
+        // the stream's usual interval, so windows complete; a silence of 10 hours is a gap.
+        let hour = 3_600_000;
+        let mut f = framer(4, 1, 1);
+        let outcomes: Vec<_> = (0..6)
+            .map(|i| f.push(Sample::new(i * hour, &[i as f64]).unwrap()))
+            .collect();
+        assert_eq!(outcomes[3], PushOutcome::WindowReady, "{outcomes:?}");
+        assert!(!outcomes.contains(&PushOutcome::AfterGap), "{outcomes:?}");
+        assert_eq!(
+            f.push(Sample::new(15 * hour, &[0.0]).unwrap()),
+            PushOutcome::AfterGap
+        );
+        assert_eq!(f.held(), 1);
+        // With gap_factor 0 only max_gap_ms counts, as before: every hourly sample is a gap.
+        let mut strict = Framer::new(
+            FramerParams {
+                gap_factor: 0.0,
+                ..f.params().clone()
+            },
+            1,
+        );
+        strict.push(Sample::new(0, &[0.0]).unwrap());
+        assert_eq!(
+            strict.push(Sample::new(hour, &[0.0]).unwrap()),
+            PushOutcome::AfterGap
+        );
     }
 
     #[test]

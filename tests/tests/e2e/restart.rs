@@ -13,7 +13,7 @@ use crate::{gaussian, start_online, start_online_with_env, values_payload, T0_MS
 
 const KEY: &str = "line1/motor";
 /// Samples per run; 1 200 samples make (1 200 − 32) / 4 + 1 = 293 windows, past the
-/// likelihood's warm-up (32 + 64 windows).
+/// likelihood's warm-up (64 windows on the default raw scale).
 const N: usize = 1_200;
 
 /// A config whose checkpoints go to `state` (written only at a clean stop, unless
