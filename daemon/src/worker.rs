@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use sparsewatch_dsp::score::AlertParams;
-use sparsewatch_dsp::{Pipeline, PushOutcome, Sample, ValidPipelineParams, WindowReport};
+use sparsewatch_dsp::{
+    LearnScratch, Pipeline, PushOutcome, Sample, ValidPipelineParams, WindowReport,
+};
 use tokio::sync::mpsc;
 
 use crate::checkpoint::{self, StreamRecord};
@@ -331,6 +333,10 @@ struct Stream {
 struct Worker {
     ctx: WorkerContext,
     streams: HashMap<String, Stream>,
+    /// Work matrices of dictionary learning steps, shared by all of this worker's streams
+    /// (one set per distinct window dimension, reserved when a stream is created), so a
+    /// stream holds only its learner's state.
+    scratch: LearnScratch,
     /// Live `output.codes` setting: `Some(every)` while codes are published.
     codes_every: Option<u64>,
     /// Test hook [`GATE_ENV`]: readings wait while this file exists.
@@ -346,6 +352,7 @@ impl Worker {
             ctx,
             streams: HashMap::new(),
             gate: None,
+            scratch: LearnScratch::new(),
         }
     }
 
@@ -443,6 +450,7 @@ impl Worker {
         }
         self.ctx.metrics.streams.fetch_add(1, Ordering::Relaxed);
         let channels = r.channels.len();
+        r.pipeline.reserve_scratch(&mut self.scratch);
         self.streams.insert(
             r.key,
             Stream {
@@ -532,7 +540,7 @@ impl Worker {
         }
         let last_ts = stream.pipeline.last_ts();
         let started = std::time::Instant::now();
-        let result = stream.pipeline.push(sample);
+        let result = stream.pipeline.push_with(sample, &mut self.scratch);
         match result.outcome {
             PushOutcome::OutOfOrder => {
                 // A redelivery (the broker says so, or the very timestamp of the last sample)
@@ -604,6 +612,7 @@ impl Worker {
             }
         };
         m.streams.fetch_add(1, Ordering::Relaxed);
+        pipeline.reserve_scratch(&mut self.scratch);
         tracing::info!(key = %r.key, channels = ?r.channels.iter().map(|(n, _)| n).collect::<Vec<_>>(), "new stream");
         self.streams.insert(
             r.key.clone(),

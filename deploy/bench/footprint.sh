@@ -17,7 +17,7 @@ samples=${3:-1000}
 # Replay speed (multiple of real time; streams send 2 Hz): high enough to be quick, low enough
 # that the workers keep up (drops in the final summary mean it was too high).
 speed=${SPEED:-10}
-# Channels per stream: 3 (current, temp, vib_rms) or 1 (current).
+# Channels per stream: 3 (current, temp, vib_rms), 2 (current, temp) or 1 (current).
 channels=${CHANNELS:-3}
 dir=$(mktemp -d)
 pids=()
@@ -55,8 +55,7 @@ with open(path, "w") as f:
                 "temp": round(45 + 2 * math.sin(phase / 7) + rng.gauss(0, 0.05), 3),
                 "vib_rms": round(2 + 0.3 * math.sin(3 * phase) + rng.gauss(0, 0.05), 3),
             }
-            if channels == 1:
-                values = {"current": values["current"]}
+            values = dict(list(values.items())[:channels])
             payload = json.dumps({"ts": ts, "values": values})
             f.write(json.dumps({"time_ms": ts, "topic": f"sensors/site{i % 10}/pump{i}", "qos": 1, "payload": payload}) + "\n")
 PY

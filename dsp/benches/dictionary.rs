@@ -1,8 +1,9 @@
 //! Criterion benchmarks of the dictionary hot paths, per window, for n ∈ {16, 32, 64, 128}:
 //!
 //! - `coding/top8`: x = Dᵀ·y plus top-8 selection and residual (one window).
-//! - `learning/<polar>`: one full minibatch of b = n windows, i.e. n calls of `learn` of which
-//!   the last runs the Frank–Wolfe step; reported per window (`Throughput::Elements(n)`).
+//! - `learning/<polar>`: one full minibatch of b = n windows, i.e. n calls of `learn_with` of
+//!   which the last runs the Frank–Wolfe step in a reserved scratch, as a daemon worker does;
+//!   reported per window (`Throughput::Elements(n)`).
 //!   `newton_schulz` is the default polar method, `svd` the alternative it replaced.
 //!
 //! Inputs are seeded sparse synthetic windows (spec data model, θ = 0.3); learners are warmed
@@ -15,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use sparsewatch_dsp::coding::SparseCode;
-use sparsewatch_dsp::dictionary::{DictionaryParams, OrthoDictionary, PolarMethod};
+use sparsewatch_dsp::dictionary::{DictionaryParams, LearnScratch, OrthoDictionary, PolarMethod};
 
 const SIZES: [usize; 4] = [16, 32, 64, 128];
 const SEED: u64 = 0xBE7C;
@@ -75,6 +76,8 @@ fn learning(c: &mut Criterion) {
         let mut group = c.benchmark_group(name);
         for n in SIZES {
             let mut learner = warmed_up(n, polar);
+            let mut scratch = LearnScratch::new();
+            scratch.reserve(&learner);
             // 16 minibatches cycled, so the data stay in cache like a live window would.
             let ys = windows(n, 16 * n, 3);
             let mut batch = 0;
@@ -84,7 +87,7 @@ fn learning(c: &mut Criterion) {
                     let chunk = &ys.as_slice()[batch * n * n..(batch + 1) * n * n];
                     batch = (batch + 1) % 16;
                     for y in chunk.chunks_exact(n) {
-                        learner.learn(std::hint::black_box(y));
+                        learner.learn_with(std::hint::black_box(y), &mut scratch);
                     }
                     learner.version()
                 })

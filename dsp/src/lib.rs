@@ -43,7 +43,7 @@ pub mod score;
 pub mod window;
 
 pub use coding::SparseCode;
-pub use dictionary::{DictionaryParams, OrthoDictionary};
+pub use dictionary::{DictionaryParams, LearnScratch, OrthoDictionary};
 pub use memory::{CodeInput, EncoderParams, MemoryParams, Recall, SdrEncoder, SdrMemory};
 pub use params::ParamError;
 pub use pipeline::{

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::coding::SparseCode;
-use crate::dictionary::{DictionaryParams, OrthoDictionary};
+use crate::dictionary::{DictionaryParams, LearnScratch, OrthoDictionary};
 use crate::params::{check_range, ParamError};
 use crate::sample::Sample;
 use crate::score::{
@@ -251,10 +251,13 @@ impl CodeStage {
     }
 }
 
-/// The per-stream pipeline. All buffers are allocated in [`Pipeline::new`]; `push` does not
-/// allocate, except inside a dictionary learning step (nalgebra's matrix products allocate
-/// packing buffers, and the rare SVD fallback of the polar factor allocates). The whole
-/// state serialises (serde) for checkpoints.
+/// The per-stream pipeline. All of its state is allocated in [`Pipeline::new`]; the work
+/// matrices of a dictionary learning step are not per stream but come from a
+/// [`LearnScratch`] shared by the pipelines of one thread ([`Pipeline::push_with`]).
+/// `push_with` does not allocate once [`Pipeline::reserve_scratch`] has run, except inside a
+/// learning step (nalgebra's matrix products allocate packing buffers, and the rare SVD
+/// fallback of the polar factor allocates); [`Pipeline::push`] allocates a scratch for each
+/// learning step. The whole state serialises (serde) for checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline {
     params: PipelineParams,
@@ -379,7 +382,25 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Makes sure `scratch` holds the work buffers this pipeline's learning steps need (call
+    /// it when the stream is created or restored; allocates only for a new dimension).
+    pub fn reserve_scratch(&self, scratch: &mut LearnScratch) {
+        if let Some(c) = &self.codes {
+            scratch.reserve(&c.dictionary);
+        }
+    }
+
+    /// Takes one sample, as [`push_with`](Self::push_with) with a scratch of its own for
+    /// each dictionary learning step (allocated then, about seven n×n matrices). For tests
+    /// and one-off runs; a thread that runs many streams shares one scratch.
     pub fn push(&mut self, sample: Sample<'_>) -> PushResult {
+        self.push_with(sample, &mut LearnScratch::new())
+    }
+
+    /// Takes one sample; when it completes a window, scores it, learns from it as the
+    /// alert policy allows (a dictionary step works in `scratch`), and reports it. The
+    /// result does not depend on `scratch`'s history.
+    pub fn push_with(&mut self, sample: Sample<'_>, scratch: &mut LearnScratch) -> PushResult {
         let outcome = self.framer.push(sample);
         match outcome {
             PushOutcome::OutOfOrder => self.counters.out_of_order += 1,
@@ -398,11 +419,11 @@ impl Pipeline {
         }
         self.counters.samples += 1;
         self.normaliser.update(sample);
-        let report = (outcome == PushOutcome::WindowReady).then(|| self.on_window());
+        let report = (outcome == PushOutcome::WindowReady).then(|| self.on_window(scratch));
         PushResult { outcome, report }
     }
 
-    fn on_window(&mut self) -> WindowReport {
+    fn on_window(&mut self, scratch: &mut LearnScratch) -> WindowReport {
         let window = self.framer.window();
         self.normaliser
             .normalise(window.values, window.len, &mut self.normalised);
@@ -421,7 +442,7 @@ impl Pipeline {
         if learned {
             self.scorer.learn();
             if let Some(c) = &mut self.codes {
-                c.dictionary.learn(&self.normalised);
+                c.dictionary.learn_with(&self.normalised, scratch);
             }
         }
         let index = self.counters.windows;

@@ -8,7 +8,7 @@ use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use sparsewatch_dsp::coding::SparseCode;
 use sparsewatch_dsp::dictionary::{
-    DictionaryParams, LearnOutcome, Objective, OrthoDictionary, Retraction, Schedule,
+    DictionaryParams, LearnOutcome, LearnScratch, Objective, OrthoDictionary, Retraction, Schedule,
 };
 
 /// The one seed every test derives its randomness from.
@@ -278,6 +278,58 @@ fn serde_round_trip_restores_an_identical_learner() {
     // A checkpoint whose shapes do not fit is rejected, not accepted to panic later.
     let corrupt = json.replacen("\"filled\":5", "\"filled\":99", 1);
     assert!(serde_json::from_str::<OrthoDictionary>(&corrupt).is_err());
+}
+
+/// Learners that share one scratch (as a daemon worker's streams do), interleaved and of
+/// different dimensions, end bit-identical to learners that each get fresh buffers for every
+/// step: nothing a step leaves in the scratch reaches the next one.
+#[test]
+fn a_shared_scratch_gives_bit_identical_learners() {
+    let dims = [8, 12, 8, 5];
+    let params = |i: usize| DictionaryParams {
+        seed: i as u64,
+        polar: if i == 3 {
+            sparsewatch_dsp::dictionary::PolarMethod::Svd
+        } else {
+            Default::default()
+        },
+        ..DictionaryParams::default()
+    };
+    let mut shared: Vec<_> = (0..dims.len())
+        .map(|i| OrthoDictionary::new(params(i), dims[i]))
+        .collect();
+    let mut alone = shared.clone();
+    let mut scratch = LearnScratch::new();
+    for learner in &shared[..2] {
+        scratch.reserve(learner);
+    }
+    let mut data: Vec<_> = dims
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Synthetic::new(n, 0.3, 40 + i as u64))
+        .collect();
+    let mut steps = 0;
+    for round in 0..40 * 12 {
+        // Uneven interleaving, so steps of different learners alternate in the scratch.
+        let i = (round * 7 + round / 5) % dims.len();
+        let y = data[i].sample();
+        let a = shared[i].learn_with(&y, &mut scratch);
+        let b = alone[i].learn(&y);
+        assert_eq!(a, b);
+        steps += usize::from(a == LearnOutcome::Stepped);
+    }
+    assert!(steps > 20, "only {steps} steps");
+    for (a, b) in shared.iter().zip(&alone) {
+        assert!(a == b, "n = {}: state differs", a.n());
+        assert!(a.version() > 0);
+        assert_eq!(a.dictionary(), b.dictionary());
+    }
+    // One set of buffers per distinct dimension (n, b), however many learners use it.
+    let mut dims_held: Vec<_> = scratch.dimensions().collect();
+    dims_held.sort_unstable();
+    assert_eq!(dims_held, vec![(5, 5), (8, 8), (12, 12)]);
+    let per_stream_state = |n: usize| 8 * 4 * n * n;
+    assert!(scratch.bytes() > per_stream_state(12));
 }
 
 /// All-zero windows carry no gradient: the step is skipped and nothing changes. Constant

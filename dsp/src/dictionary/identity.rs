@@ -39,6 +39,12 @@ impl AtomMatcher {
         }
     }
 
+    /// Heap bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        let n = self.perm.len();
+        8 * (n * n + 6 * n) + n
+    }
+
     /// Computes the signed permutation aligning the columns of `new` to those of `old`.
     /// Returns false when it is the identity with all signs positive (nothing to apply).
     pub(crate) fn match_atoms(&mut self, old: &DMatrix<f64>, new: &DMatrix<f64>) -> bool {

@@ -66,9 +66,13 @@ struct State {
 /// Retry Newton–Schulz for the oracle this often while it keeps failing.
 const NS_RETRY: u64 = 16;
 
-/// Scratch buffers, allocated once per learner and never serialised.
+/// The buffers of one learning step for one dimension (n, b). Nothing in them outlives a
+/// step: every buffer is written before it is read, so a step's result does not depend on
+/// what a previous step, of this learner or another, left in them.
 #[derive(Debug, Clone)]
 struct Workspace {
+    n: usize,
+    b: usize,
     /// Codes A·Y of the minibatch, then their ℓ3/ℓ4 gradient weights (n × b).
     z: DMatrix<f64>,
     /// The minibatch gradient g, then the oracle answer S.
@@ -84,6 +88,8 @@ struct Workspace {
 impl Workspace {
     fn new(n: usize, b: usize) -> Self {
         Self {
+            n,
+            b,
             z: DMatrix::zeros(n, b),
             g: DMatrix::zeros(n, n),
             next: DMatrix::zeros(n, n),
@@ -91,6 +97,60 @@ impl Workspace {
             polar: PolarWorkspace::new(n),
             matcher: AtomMatcher::new(n),
         }
+    }
+
+    /// Heap bytes held (f64 and index buffers).
+    fn bytes(&self) -> usize {
+        let (n, b) = (self.n, self.b);
+        8 * (n * b + 5 * n * n + 2 * n) + self.matcher.bytes()
+    }
+}
+
+/// Scratch space for learning steps, shared by every learner one thread drives.
+///
+/// A learning step needs about seven n×n work matrices; the learner's state between steps
+/// needs four (A, d, D and the minibatch). Keeping the work matrices per learner would more
+/// than double the memory of every stream, so they live here instead: one set per distinct
+/// dimension (n, b) in use, created by [`reserve`](Self::reserve) (call it when a stream is
+/// created, so the hot path does not allocate) or, failing that, by the first step that needs
+/// it. A daemon worker owns one `LearnScratch` and passes it to every stream it runs; the
+/// results are bit-identical to a learner with buffers of its own.
+#[derive(Debug, Clone, Default)]
+pub struct LearnScratch {
+    sets: Vec<Workspace>,
+}
+
+impl LearnScratch {
+    /// An empty scratch; holds nothing until a dimension is reserved or used.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes sure the buffers for `learner`'s dimension exist (allocates at most once per
+    /// distinct dimension).
+    pub fn reserve(&mut self, learner: &OrthoDictionary) {
+        self.get(learner.n(), learner.minibatch());
+    }
+
+    /// Heap bytes held by the buffers, for diagnostics.
+    pub fn bytes(&self) -> usize {
+        self.sets.iter().map(Workspace::bytes).sum()
+    }
+
+    /// Distinct dimensions (n, b) with buffers.
+    pub fn dimensions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.sets.iter().map(|w| (w.n, w.b))
+    }
+
+    fn get(&mut self, n: usize, b: usize) -> &mut Workspace {
+        let i = match self.sets.iter().position(|w| w.n == n && w.b == b) {
+            Some(i) => i,
+            None => {
+                self.sets.push(Workspace::new(n, b));
+                self.sets.len() - 1
+            }
+        };
+        &mut self.sets[i]
     }
 }
 
@@ -100,12 +160,14 @@ impl Workspace {
 /// Each window goes into a minibatch of b; a full minibatch runs one stochastic Frank–Wolfe
 /// step (spec §2) and refreshes the published dictionary, whose atoms keep their index and
 /// sign across steps (each update is matched to the previous dictionary, largest overlap
-/// first, and signs are fixed so ⟨old_i, new_i⟩ ≥ 0). All of the learner's buffers are
-/// allocated in [`new`](Self::new): buffering a window and coding never allocate. A step
-/// (once per b windows) runs its matrix products through nalgebra's `gemm`, whose
-/// matrixmultiply backend allocates a small packing buffer per product (about 30 per step,
-/// freed at once), and the rare SVD fallback of the polar factor allocates too (counted in
-/// [`stats`](Self::stats)).
+/// first, and signs are fixed so ⟨old_i, new_i⟩ ≥ 0). The learner's state is allocated in
+/// [`new`](Self::new): buffering a window and coding never allocate. The work matrices of a
+/// step (once per b windows) are not part of it: they come from a [`LearnScratch`] passed to
+/// [`learn_with`](Self::learn_with), shared by all learners of a thread; [`learn`](Self::learn)
+/// allocates a scratch for each step it runs. A step runs its matrix products through
+/// nalgebra's `gemm`, whose matrixmultiply backend allocates a small packing buffer per
+/// product (about 30 per step, freed at once), and the rare SVD fallback of the polar factor
+/// allocates too (counted in [`stats`](Self::stats)).
 ///
 /// Inputs must be finite (the pipeline drops non-finite samples before framing); this is
 /// checked in debug builds only. Serialises (serde) to its full state; a restored learner
@@ -113,7 +175,6 @@ impl Workspace {
 #[derive(Debug, Clone)]
 pub struct OrthoDictionary {
     state: State,
-    ws: Workspace,
 }
 
 impl PartialEq for OrthoDictionary {
@@ -132,8 +193,7 @@ impl<'de> Deserialize<'de> for OrthoDictionary {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let state = State::deserialize(d)?;
         state.validate().map_err(serde::de::Error::custom)?;
-        let ws = Workspace::new(state.dictionary.nrows(), state.minibatch);
-        Ok(Self { state, ws })
+        Ok(Self { state })
     }
 }
 
@@ -185,10 +245,7 @@ impl OrthoDictionary {
             minibatch: b,
             params,
         };
-        Self {
-            ws: Workspace::new(n, b),
-            state,
-        }
+        Self { state }
     }
 
     /// Window length n = number of atoms.
@@ -246,11 +303,23 @@ impl OrthoDictionary {
         self.state.stats
     }
 
-    /// Adds one window to the minibatch and runs a step when the minibatch is full.
+    /// Adds one window to the minibatch and runs a step when the minibatch is full, with
+    /// work buffers allocated for that step. A caller that drives learners for long (a
+    /// daemon worker) uses [`learn_with`](Self::learn_with) and one scratch instead.
     ///
     /// # Panics
     /// If `y.len() != n`. `y` must be finite (debug-checked).
     pub fn learn(&mut self, y: &[f64]) -> LearnOutcome {
+        self.learn_with(y, &mut LearnScratch::new())
+    }
+
+    /// Adds one window to the minibatch and runs a step when the minibatch is full, in the
+    /// work buffers of `scratch` (which allocates them if [`LearnScratch::reserve`] was not
+    /// called for this learner's dimension). Same results as [`learn`](Self::learn).
+    ///
+    /// # Panics
+    /// If `y.len() != n`. `y` must be finite (debug-checked).
+    pub fn learn_with(&mut self, y: &[f64], scratch: &mut LearnScratch) -> LearnOutcome {
         let n = self.n();
         assert_eq!(
             y.len(),
@@ -265,7 +334,8 @@ impl OrthoDictionary {
             return LearnOutcome::Buffered;
         }
         st.filled = 0;
-        self.step()
+        let ws = scratch.get(n, st.minibatch);
+        step(st, ws)
     }
 
     /// Learns every column of `ys` (n × m) in order, as `m` calls of [`learn`](Self::learn).
@@ -273,9 +343,10 @@ impl OrthoDictionary {
     pub fn learn_batch(&mut self, ys: &DMatrix<f64>) -> usize {
         assert_eq!(ys.nrows(), self.n(), "windows must be columns of length n");
         let n = self.n();
+        let mut scratch = LearnScratch::new();
         ys.as_slice()
             .chunks_exact(n)
-            .filter(|y| self.learn(y) == LearnOutcome::Stepped)
+            .filter(|y| self.learn_with(y, &mut scratch) == LearnOutcome::Stepped)
             .count()
     }
 
@@ -295,81 +366,82 @@ impl OrthoDictionary {
             out,
         );
     }
+}
 
-    /// One stochastic Frank–Wolfe step on the full minibatch.
-    fn step(&mut self) -> LearnOutcome {
-        let (st, ws) = (&mut self.state, &mut self.ws);
-        let b = st.minibatch as f64;
-        // Z = A·Y, then the objective's gradient weights: Z∘|Z| (ℓ3) or Z∘Z∘Z (ℓ4).
-        ws.z.gemm(1.0, &st.a, &st.batch, 0.0);
-        match st.params.objective {
-            Objective::L3 => ws.z.apply(|z| *z *= z.abs()),
-            Objective::L4 => ws.z.apply(|z| *z = *z * *z * *z),
-        }
-        // g = (1/b)·W·Yᵀ.
-        gemm_nt(&mut ws.g, 1.0 / b, &ws.z, &st.batch);
-        let t = st.steps + 1;
-        let (rho, gamma) = st.params.rates(t);
-        // Candidate d ← (1−ρ)·d + ρ·g. With zero data and a zero (or, for ρ = 1, discarded)
-        // history there is no direction: skip rather than ask the oracle for polar(0).
-        ws.next.copy_from(&st.d);
-        blend(&mut ws.next, rho, &ws.g);
-        if ws.next.iter().all(|&v| v == 0.0) {
-            st.stats.skipped += 1;
-            return LearnOutcome::Skipped;
-        }
-        std::mem::swap(&mut st.d, &mut ws.next);
-        // Oracle S = polar(d), into `g`.
-        ws.g.copy_from(&st.d);
-        let retry = st.steps % NS_RETRY == 0;
-        let method = if st.ns_failures > 0 && !retry {
-            PolarMethod::Svd
-        } else {
-            st.params.polar
-        };
-        let converged = polar(&mut ws.g, &st.d, method, &mut ws.polar, &mut st.stats);
-        if method == PolarMethod::NewtonSchulz {
-            st.ns_failures = if converged { 0 } else { st.ns_failures + 1 };
-        }
-        st.gap = st.d.dot(&ws.g) - st.d.dot(&st.a);
-        // A ← (1−γ)·A + γ·S, then the projection onto O(n).
-        blend(&mut st.a, gamma, &ws.g);
-        match st.params.retraction {
-            Retraction::EveryStep => {
-                ws.next.copy_from(&st.a);
-                polar(
-                    &mut st.a,
-                    &ws.next,
-                    st.params.polar,
-                    &mut ws.polar,
-                    &mut st.stats,
-                );
-                st.a.transpose_to(&mut ws.next);
-            }
-            Retraction::ReadOut => {
-                ws.g.copy_from(&st.a);
-                polar(
-                    &mut ws.g,
-                    &st.a,
-                    st.params.polar,
-                    &mut ws.polar,
-                    &mut st.stats,
-                );
-                ws.g.transpose_to(&mut ws.next);
-            }
-        }
-        // Keep atom i meaning the same atom: align the new dictionary (in `next`) to the old.
-        if ws.matcher.match_atoms(&st.dictionary, &ws.next) {
-            ws.matcher.permute_columns(&ws.next, &mut ws.aligned);
-            std::mem::swap(&mut ws.next, &mut ws.aligned);
-            ws.matcher.permute_rows(&mut st.a);
-            ws.matcher.permute_rows(&mut st.d);
-        }
-        std::mem::swap(&mut st.dictionary, &mut ws.next);
-        st.steps += 1;
-        st.version += 1;
-        LearnOutcome::Stepped
+/// One stochastic Frank–Wolfe step on the full minibatch of `st`, in the buffers of `ws`
+/// (dimension (n, b) of `st`).
+fn step(st: &mut State, ws: &mut Workspace) -> LearnOutcome {
+    debug_assert_eq!((ws.n, ws.b), (st.dictionary.nrows(), st.minibatch));
+    let b = st.minibatch as f64;
+    // Z = A·Y, then the objective's gradient weights: Z∘|Z| (ℓ3) or Z∘Z∘Z (ℓ4).
+    ws.z.gemm(1.0, &st.a, &st.batch, 0.0);
+    match st.params.objective {
+        Objective::L3 => ws.z.apply(|z| *z *= z.abs()),
+        Objective::L4 => ws.z.apply(|z| *z = *z * *z * *z),
     }
+    // g = (1/b)·W·Yᵀ.
+    gemm_nt(&mut ws.g, 1.0 / b, &ws.z, &st.batch);
+    let t = st.steps + 1;
+    let (rho, gamma) = st.params.rates(t);
+    // Candidate d ← (1−ρ)·d + ρ·g. With zero data and a zero (or, for ρ = 1, discarded)
+    // history there is no direction: skip rather than ask the oracle for polar(0).
+    ws.next.copy_from(&st.d);
+    blend(&mut ws.next, rho, &ws.g);
+    if ws.next.iter().all(|&v| v == 0.0) {
+        st.stats.skipped += 1;
+        return LearnOutcome::Skipped;
+    }
+    std::mem::swap(&mut st.d, &mut ws.next);
+    // Oracle S = polar(d), into `g`.
+    ws.g.copy_from(&st.d);
+    let retry = st.steps % NS_RETRY == 0;
+    let method = if st.ns_failures > 0 && !retry {
+        PolarMethod::Svd
+    } else {
+        st.params.polar
+    };
+    let converged = polar(&mut ws.g, &st.d, method, &mut ws.polar, &mut st.stats);
+    if method == PolarMethod::NewtonSchulz {
+        st.ns_failures = if converged { 0 } else { st.ns_failures + 1 };
+    }
+    st.gap = st.d.dot(&ws.g) - st.d.dot(&st.a);
+    // A ← (1−γ)·A + γ·S, then the projection onto O(n).
+    blend(&mut st.a, gamma, &ws.g);
+    match st.params.retraction {
+        Retraction::EveryStep => {
+            ws.next.copy_from(&st.a);
+            polar(
+                &mut st.a,
+                &ws.next,
+                st.params.polar,
+                &mut ws.polar,
+                &mut st.stats,
+            );
+            st.a.transpose_to(&mut ws.next);
+        }
+        Retraction::ReadOut => {
+            ws.g.copy_from(&st.a);
+            polar(
+                &mut ws.g,
+                &st.a,
+                st.params.polar,
+                &mut ws.polar,
+                &mut st.stats,
+            );
+            ws.g.transpose_to(&mut ws.next);
+        }
+    }
+    // Keep atom i meaning the same atom: align the new dictionary (in `next`) to the old.
+    if ws.matcher.match_atoms(&st.dictionary, &ws.next) {
+        ws.matcher.permute_columns(&ws.next, &mut ws.aligned);
+        std::mem::swap(&mut ws.next, &mut ws.aligned);
+        ws.matcher.permute_rows(&mut st.a);
+        ws.matcher.permute_rows(&mut st.d);
+    }
+    std::mem::swap(&mut st.dictionary, &mut ws.next);
+    st.steps += 1;
+    st.version += 1;
+    LearnOutcome::Stepped
 }
 
 /// `y ← (1−w)·y + w·x`, elementwise.

@@ -9,7 +9,8 @@
 //! gradient and a step counter is kept, so the learner runs forever on a stream.
 //!
 //! - [`params`]: [`DictionaryParams`] (minibatch, schedule, objective, retraction, floors).
-//! - [`learner`]: [`OrthoDictionary`], the state and the Frank–Wolfe step.
+//! - [`learner`]: [`OrthoDictionary`], the state and the Frank–Wolfe step, and
+//!   [`LearnScratch`], the step's work matrices, shared by the learners of one thread.
 //! - `polar`: polar factors by scaled Newton–Schulz with an SVD fallback.
 //! - `identity`: matching atoms across updates so an atom keeps its index and sign.
 //!
@@ -21,5 +22,5 @@ pub mod params;
 mod identity;
 mod polar;
 
-pub use learner::{DictionaryStats, LearnOutcome, OrthoDictionary};
+pub use learner::{DictionaryStats, LearnOutcome, LearnScratch, OrthoDictionary};
 pub use params::{DictionaryParams, Objective, PolarMethod, Retraction, Schedule, MAX_MINIBATCH};
