@@ -33,12 +33,14 @@
 //! - [`replay`]: `sparsewatch replay`, recordings (JSONL, CSV) through the pipeline offline
 //!   (what the daemon would publish, as JSONL) or onto a broker at a chosen speed.
 //! - [`plot`]: figures of a replayed stream (signal, score, likelihood, labels, detections).
-//! - [`demo`]: embedded broker + daemon + replayed fixture + printing subscriber.
+//! - `demo` (cargo feature `demo`, on by default): embedded broker + daemon + replayed
+//!   fixture + printing subscriber.
 //!
 //! See ARCHITECTURE.md at the repository root for threads, channels and their capacities.
 
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod eval;
 pub mod fixtures;

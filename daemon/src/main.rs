@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sparsewatch::config::{self, Source, ValidSettings};
-use sparsewatch::{checkpoint, demo, eval, replay, service};
+use sparsewatch::{checkpoint, eval, replay, service};
 use sparsewatch_dsp::DetectorKind;
 
 #[derive(Parser)]
@@ -39,6 +39,7 @@ enum Command {
     /// Print the default configuration, with a comment on every key.
     PrintDefaultConfig,
     /// A first look: embedded broker, the daemon, a recorded fixture replayed onto it.
+    /// Needs the `demo` feature (default; device builds leave it out).
     Demo {
         /// Fixture to replay (JSONL of MQTT messages).
         #[arg(long, default_value = "fixtures/pump-bearing.jsonl")]
@@ -113,11 +114,7 @@ fn main() -> ExitCode {
             runtime_result(run_daemon(settings, config))
         }
         Command::Inspect { state } => inspect(&state),
-        Command::Demo { fixture, speed } => {
-            init_tracing("warn,rumqttd=off,sparsewatch::mqtt=error");
-            let opts = demo::DemoOptions { fixture, speed };
-            runtime_result(tokio_runtime().and_then(|rt| rt.block_on(demo::run(opts)).map(|_| ())))
-        }
+        Command::Demo { fixture, speed } => demo(fixture, speed),
         Command::Eval {
             nab,
             skab,
@@ -154,6 +151,25 @@ fn main() -> ExitCode {
             runtime_result(replay::run_cli(&args.into_options(), &settings))
         }
     }
+}
+
+#[cfg(feature = "demo")]
+fn demo(fixture: PathBuf, speed: f64) -> ExitCode {
+    use sparsewatch::demo;
+    init_tracing("warn,rumqttd=off,sparsewatch::mqtt=error");
+    let opts = demo::DemoOptions { fixture, speed };
+    runtime_result(tokio_runtime().and_then(|rt| rt.block_on(demo::run(opts)).map(|_| ())))
+}
+
+/// Device builds (`--no-default-features`, the .deb) leave the embedded broker out; the
+/// subcommand stays, so `sparsewatch demo` says why it cannot run instead of "unknown command".
+#[cfg(not(feature = "demo"))]
+fn demo(_fixture: PathBuf, _speed: f64) -> ExitCode {
+    runtime_result(Err(anyhow::anyhow!(
+        "this build has no demo: it was built without the `demo` feature (device builds leave \
+         out the embedded broker). Build it with the default features \
+         (`cargo build --release -p sparsewatch`) to get `sparsewatch demo`"
+    )))
 }
 
 fn config_error(e: &config::ConfigError) -> ExitCode {

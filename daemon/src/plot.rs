@@ -64,15 +64,36 @@ pub fn write(path: &Path, data: &PlotData) -> Result<()> {
             root.present().map_err(|e| err(e.to_string()))
         }
         Some("png") => {
-            let root = BitMapBackend::new(path, size).into_drawing_area();
-            draw(&root, data).map_err(err)?;
-            root.present().map_err(|e| err(e.to_string()))
+            let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
+            {
+                let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+                draw(&root, data).map_err(err)?;
+                root.present().map_err(|e| err(e.to_string()))?;
+            }
+            write_png(path, size, &rgb)
         }
         _ => bail!(
             "{}: the plot format is chosen by the extension, .svg or .png",
             path.display()
         ),
     }
+}
+
+/// Encodes an RGB8 buffer as PNG with the `png` crate (as `image` would, with its defaults:
+/// default compression, adaptive filtering). Encoding here rather than through plotters'
+/// `image` encoder keeps `image` and its JPEG and BMP codecs out of the binary.
+fn write_png(path: &Path, (width, height): (u32, u32), rgb: &[u8]) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| anyhow!("cannot write {}: {e}", path.display());
+    let file = std::fs::File::create(path).map_err(|e| err(&e))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Default);
+    encoder.set_filter(png::FilterType::Sub);
+    encoder.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
+    let mut writer = encoder.write_header().map_err(|e| err(&e))?;
+    writer.write_image_data(rgb).map_err(|e| err(&e))?;
+    writer.finish().map_err(|e| err(&e))
 }
 
 /// "1 detection", "3 detections": for titles.

@@ -97,3 +97,20 @@ fn environment_overrides_are_checked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("workers.count"));
 }
+
+/// A build without the `demo` feature (the device build: `--no-default-features`) keeps the
+/// `demo` subcommand, and it fails with exit 1 and a message that says which feature is
+/// missing and how to build it, not clap's "unrecognized subcommand".
+/// Runs with `cargo test -p sparsewatch --no-default-features --test cli`.
+#[cfg(not(feature = "demo"))]
+#[test]
+fn demo_without_the_feature_says_how_to_get_it() {
+    let out = sparsewatch(&["demo"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("without the `demo` feature")
+            && err.contains("cargo build --release -p sparsewatch"),
+        "{err}"
+    );
+}
