@@ -166,7 +166,11 @@ impl Metrics {
 }
 
 /// Counters exposed as Prometheus gauges (they can go down); every other counter is a counter.
-pub const GAUGE_COUNTERS: &[&str] = &["streams"];
+pub const GAUGE_COUNTERS: &[&str] = &["streams", "events_buffered"];
+
+/// Counters left out of `/metrics` because another family already says the same:
+/// `broker_connected` is exposed once, as the health gauge `sparsewatch_broker_connected`.
+pub const NOT_EXPOSED: &[&str] = &["broker_connected"];
 
 /// Latency of each stage that handles live traffic.
 #[derive(Debug, Default)]

@@ -17,7 +17,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use super::histogram::{bucket_bound_secs, BUCKETS};
-use super::{mono_ms, Metrics, QueueKind, GAUGE_COUNTERS};
+use super::{mono_ms, Metrics, QueueKind, GAUGE_COUNTERS, NOT_EXPOSED};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -33,6 +33,9 @@ pub fn render(m: &Metrics, now_unix_ms: i64) -> String {
     w.sample("build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
 
     m.snapshot().for_each(|name, help, value| {
+        if NOT_EXPOSED.contains(&name) {
+            return;
+        }
         let gauge = GAUGE_COUNTERS.contains(&name);
         let full = if gauge {
             name.to_string()
@@ -422,9 +425,15 @@ mod tests {
             1.0
         );
         assert_eq!(value(&samples, "sparsewatch_streams", &[]), 2.0);
-        // Every counter of the summary is exposed.
+        // Every counter of the summary is exposed, once: gauges without `_total`, and
+        // broker_connected only as the health gauge.
+        assert_eq!(types["sparsewatch_events_buffered"], "gauge");
+        assert_eq!(types["sparsewatch_broker_connected"], "gauge");
+        assert!(!types.contains_key("sparsewatch_broker_connected_total"));
         m.snapshot().for_each(|name, _, _| {
-            let n = if GAUGE_COUNTERS.contains(&name) {
+            let n = if NOT_EXPOSED.contains(&name) {
+                format!("sparsewatch_{name}")
+            } else if GAUGE_COUNTERS.contains(&name) {
                 format!("sparsewatch_{name}")
             } else {
                 format!("sparsewatch_{name}_total")

@@ -141,6 +141,13 @@ impl Scrape {
         })
     }
 
+    /// A gauge of `Metrics` (`sparsewatch_<name>`, no `_total`).
+    fn gauge(&self, name: &str) -> u64 {
+        let v = self.0.get(&format!("sparsewatch_{name}"));
+        v.copied()
+            .unwrap_or_else(|| panic!("no gauge {name} in {self:?}")) as u64
+    }
+
     /// A counter of `Metrics` (`sparsewatch_<name>_total`).
     fn counter(&self, name: &str) -> u64 {
         let v = self.0.get(&format!("sparsewatch_{name}_total"));
@@ -282,7 +289,7 @@ fn detect_during_outage(
     let s = wait_metrics(&daemon, "every sample scored, every event out", |s| {
         s.counter("samples") == n
             && s.counter("detections") == events as u64
-            && s.counter("events_buffered") + s.counter("dropped_events") == events as u64
+            && s.gauge("events_buffered") + s.counter("dropped_events") == events as u64
             && s.counter("dropped_codes") == s.counter("windows")
     });
     assert!(!s.connected(), "the broker is still down");
@@ -299,7 +306,7 @@ fn detect_during_outage(
         s.counter("samples"),
         s.counter("windows"),
         s.counter("detections"),
-        s.counter("events_buffered"),
+        s.gauge("events_buffered"),
         s.counter("dropped_events"),
         s.counter("dropped_codes")
     );
@@ -326,13 +333,13 @@ fn an_anomaly_detected_while_the_broker_is_down_is_delivered_late_and_flagged() 
     assert!(!expected.is_empty(), "the replay detects the fault");
 
     let (daemon, down) = detect_during_outage(&mut broker, &config, &messages, expected.len());
-    assert_eq!(down.counter("events_buffered"), expected.len() as u64);
+    assert_eq!(down.gauge("events_buffered"), expected.len() as u64);
     assert_eq!(down.counter("dropped_events"), 0);
 
     broker.restart().expect("restart the broker");
     let n = expected.len() as u64;
     let up = wait_metrics(&daemon, "the events delivered", |s| {
-        s.connected() && s.counter("events_published") == n && s.counter("events_buffered") == 0
+        s.connected() && s.counter("events_published") == n && s.gauge("events_buffered") == 0
     });
     assert_eq!(up.counter("events_delayed"), n, "{up:?}");
     assert_eq!(up.counter("dropped_events"), 0, "{up:?}");
@@ -401,7 +408,7 @@ fn spooled_event_survives_the_daemon(end: End) {
     let n = expected.len() as u64;
 
     let (mut first, down) = detect_during_outage(&mut broker, &config, &messages, expected.len());
-    assert_eq!(down.counter("events_buffered"), n, "{down:?}");
+    assert_eq!(down.gauge("events_buffered"), n, "{down:?}");
     match end {
         End::Stop => {
             assert_eq!(first.stop().expect("stop").code(), Some(0));
@@ -422,14 +429,14 @@ fn spooled_event_survives_the_daemon(end: End) {
 
     let second = Daemon::start(&config).expect("start the daemon again");
     let restored = wait_metrics(&second, "the spool restored", |s| {
-        s.counter("events_buffered") == n
+        s.gauge("events_buffered") == n
     });
     assert!(!restored.connected(), "the broker is still down");
     assert_eq!(restored.counter("connections"), 0, "{restored:?}");
 
     broker.restart().expect("restart the broker");
     let up = wait_metrics(&second, "the spooled events delivered", |s| {
-        s.connected() && s.counter("events_published") == n && s.counter("events_buffered") == 0
+        s.connected() && s.counter("events_published") == n && s.gauge("events_buffered") == 0
     });
     assert_eq!(up.counter("events_delayed"), n, "{up:?}");
     assert_eq!(up.counter("dropped_events"), 0, "{up:?}");
@@ -483,7 +490,7 @@ fn a_full_outbox_refuses_the_newest_events_and_counts_them() {
     );
 
     let (daemon, down) = detect_during_outage(&mut broker, &config, &messages, expected.len());
-    assert_eq!(down.counter("events_buffered"), CAPACITY as u64, "{down:?}");
+    assert_eq!(down.gauge("events_buffered"), CAPACITY as u64, "{down:?}");
     assert_eq!(
         down.counter("dropped_events"),
         (expected.len() - CAPACITY) as u64,
@@ -495,7 +502,7 @@ fn a_full_outbox_refuses_the_newest_events_and_counts_them() {
         s.connected() && s.counter("events_published") == CAPACITY as u64
     });
     assert_eq!(up.counter("events_delayed"), CAPACITY as u64, "{up:?}");
-    assert_eq!(up.counter("events_buffered"), 0, "{up:?}");
+    assert_eq!(up.gauge("events_buffered"), 0, "{up:?}");
     let got = collect_events(&daemon, broker.port(), &watcher, CAPACITY);
     assert_delivered_as_produced(&got, &expected[..CAPACITY]);
 }
