@@ -431,9 +431,7 @@ mod tests {
         assert_eq!(types["sparsewatch_broker_connected"], "gauge");
         assert!(!types.contains_key("sparsewatch_broker_connected_total"));
         m.snapshot().for_each(|name, _, _| {
-            let n = if NOT_EXPOSED.contains(&name) {
-                format!("sparsewatch_{name}")
-            } else if GAUGE_COUNTERS.contains(&name) {
+            let n = if NOT_EXPOSED.contains(&name) || GAUGE_COUNTERS.contains(&name) {
                 format!("sparsewatch_{name}")
             } else {
                 format!("sparsewatch_{name}_total")
