@@ -189,7 +189,7 @@ impl Outbox {
     }
 
     /// Removes the front event: the broker acknowledged it.
-    pub fn pop_front(&mut self) -> std::io::Result<Option<Entry>> {
+    fn pop_front(&mut self) -> std::io::Result<Option<Entry>> {
         let Some(entry) = self.items.pop_front() else {
             return Ok(None);
         };
@@ -382,18 +382,21 @@ mod tests {
     /// The publish of the front event waits for its PUBACK while new events arrive; the spool
     /// file's bound drops the oldest, which is that front event. Its PUBACK must not remove
     /// the next event, which was never published.
+    /// Bytes one added event takes in the spool file (its JSON line).
+    fn spooled_event_bytes() -> u64 {
+        let mut l = serde_json::to_vec(&Record::Add {
+            add: 1,
+            event: event("k"),
+        })
+        .unwrap();
+        l.push(b'\n');
+        l.len() as u64
+    }
+
     #[test]
     fn an_acknowledgement_never_removes_an_event_it_does_not_name() {
         let dir = tempfile::tempdir().unwrap();
-        let one = {
-            let mut l = serde_json::to_vec(&Record::Add {
-                add: 1,
-                event: event("k"),
-            })
-            .unwrap();
-            l.push(b'\n');
-            l.len() as u64
-        };
+        let one = spooled_event_bytes();
         let s = settings(dir.path(), 100, one * 2 + one / 2);
         let (mut o, _) = Outbox::open(&s).unwrap();
         o.push(event("a"), Some(1)).unwrap();
@@ -414,15 +417,7 @@ mod tests {
     #[test]
     fn the_spool_file_stays_within_its_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let one = {
-            let mut l = serde_json::to_vec(&Record::Add {
-                add: 1,
-                event: event("k"),
-            })
-            .unwrap();
-            l.push(b'\n');
-            l.len() as u64
-        };
+        let one = spooled_event_bytes();
         // Room for about three events.
         let s = settings(dir.path(), 100, one * 3 + one / 2);
         let (mut o, _) = Outbox::open(&s).unwrap();

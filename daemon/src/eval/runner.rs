@@ -76,6 +76,8 @@ fn feed(pipeline: &mut Pipeline, series: &Series, name: &str) -> Result<Replay> 
         ..Replay::default()
     };
     let (mut likelihood, mut alerting) = (0.0, false);
+    // Learning buffers allocated once for the file, not at every dictionary step.
+    let mut scratch = sparsewatch_dsp::LearnScratch::new();
     let (mut score, mut scored) = (0.0, false);
     for i in 0..rows {
         let ts = series.ts_ms[i];
@@ -85,7 +87,7 @@ fn feed(pipeline: &mut Pipeline, series: &Series, name: &str) -> Result<Replay> 
         } else {
             let sample = Sample::new(ts, series.row(i))
                 .map_err(|e| anyhow::anyhow!("{name}: row {}: {e}", i + 1))?;
-            if let Some(r) = pipeline.push(sample).report {
+            if let Some(r) = pipeline.push_with(sample, &mut scratch).report {
                 let l = r.likelihood.unwrap_or(0.0);
                 if !(0.0..=1.0).contains(&l) {
                     bail!("{name}: row {}: likelihood {l} outside [0, 1]", i + 1);

@@ -106,6 +106,8 @@ pub fn run(
     let c = &mut run.counts;
     c.skipped = rec.skipped.len() as u64;
     let mut values: Vec<f64> = Vec::new();
+    // One set of learning buffers for every stream, as a DSP worker has (not one per step).
+    let mut scratch = sparsewatch_dsp::LearnScratch::new();
     for r in &rec.messages {
         tick();
         c.messages += 1;
@@ -174,7 +176,7 @@ pub fn run(
         values.clear();
         values.extend(channels.iter().map(|(_, v)| *v));
         let sample = Sample::new(ts, &values).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let result = stream.pipeline.push(sample);
+        let result = stream.pipeline.push_with(sample, &mut scratch);
         match result.outcome {
             PushOutcome::OutOfOrder => {
                 c.out_of_order += 1;
