@@ -34,6 +34,9 @@ pub struct Entry {
     pub connection: Option<u64>,
 }
 
+// A record lives only while one spool line is written or read, never in a collection, so
+// the size of the `Add` variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum Record {

@@ -579,7 +579,11 @@ impl Worker {
         Metrics::inc(&m.detections);
         let detector = stream.pipeline.params().detector.name();
         let channel = &stream.channel_names[d.channel];
-        let msg = AnomalyMessage::new(&self.ctx.node, &r.key, detector, channel, &d);
+        let msg = AnomalyMessage::new(&self.ctx.node, &r.key, detector, channel, &d)
+            .with_explanation(
+                stream.pipeline.explanation().as_ref(),
+                &stream.channel_names,
+            );
         tracing::info!(key = %r.key, seq = d.seq, window_start = %msg.window_start, likelihood = d.likelihood, channel = %channel, "anomaly");
         send_event(&self.ctx, OutboundEvent::Anomaly(msg), &r.key);
     }
@@ -650,7 +654,7 @@ fn send_code(
     if report.index % every != 0 {
         return;
     }
-    let msg = CodeMessage::new(node, key, report, code);
+    let msg = CodeMessage::new(node, key, report, code).with_recall(pipeline.recall());
     if sink.tx.try_send(msg).is_err() {
         Metrics::inc(&m.dropped_codes);
     }

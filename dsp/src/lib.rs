@@ -47,7 +47,7 @@ pub use dictionary::{DictionaryParams, LearnScratch, OrthoDictionary};
 pub use memory::{CodeInput, EncoderParams, MemoryParams, Recall, SdrEncoder, SdrMemory};
 pub use params::ParamError;
 pub use pipeline::{
-    Detection, DetectorKind, Pipeline, PipelineCounters, PipelineParams, PushResult,
+    Detection, DetectorKind, Explanation, Pipeline, PipelineCounters, PipelineParams, PushResult,
     ValidPipelineParams, WindowReport,
 };
 pub use sample::{Sample, SampleError, MAX_CHANNELS};

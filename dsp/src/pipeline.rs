@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::coding::SparseCode;
 use crate::dictionary::{DictionaryParams, LearnScratch, OrthoDictionary};
+use crate::memory::Recall;
 use crate::params::{check_range, ParamError};
 use crate::sample::Sample;
 use crate::score::{
@@ -225,30 +226,64 @@ struct CodeStage {
     code: SparseCode,
     /// Scratch for the k-term reconstruction (explanations only).
     reconstruction: Vec<f64>,
+    /// Share of the energy the code misses, per channel, of the last window it was asked for
+    /// (onset windows, and every window of the residual and memory detectors). Defaults to
+    /// empty in checkpoints written before it existed.
+    #[serde(default)]
+    channel_residual: Vec<f64>,
 }
 
 impl CodeStage {
     /// The channel whose samples carry most of the energy the code misses, ‖y_c − ŷ_c‖²
     /// (windows are channel-major, `len` samples per channel). O(n·k).
     fn worst_channel(&mut self, y: &[f64], len: usize) -> usize {
-        self.code
-            .reconstruct(self.dictionary.dictionary(), &mut self.reconstruction);
-        let energy = |c: usize| -> f64 {
-            let range = c * len..(c + 1) * len;
-            y[range.clone()]
-                .iter()
-                .zip(&self.reconstruction[range])
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum()
-        };
-        (0..y.len() / len)
-            .map(|c| (c, energy(c)))
+        self.explain_channels(y, len)
+            .iter()
+            .enumerate()
             .fold(
                 (0, f64::MIN),
-                |best, cur| if cur.1 > best.1 { cur } else { best },
+                |best, (c, &e)| if e > best.1 { (c, e) } else { best },
             )
             .0
     }
+
+    /// Fills `channel_residual` with each channel's share of ‖y − ŷ‖² (all 0 when the code
+    /// misses nothing). O(n·k). Allocates only on the first call after a restore.
+    fn explain_channels(&mut self, y: &[f64], len: usize) -> &[f64] {
+        self.code
+            .reconstruct(self.dictionary.dictionary(), &mut self.reconstruction);
+        self.channel_residual.clear();
+        for (yc, rc) in y.chunks(len).zip(self.reconstruction.chunks(len)) {
+            let e: f64 = yc.iter().zip(rc).map(|(a, b)| (a - b) * (a - b)).sum();
+            self.channel_residual.push(e);
+        }
+        let total: f64 = self.channel_residual.iter().sum();
+        if total > 0.0 && total.is_finite() {
+            self.channel_residual.iter_mut().for_each(|e| *e /= total);
+        } else {
+            self.channel_residual.fill(0.0);
+        }
+        &self.channel_residual
+    }
+}
+
+/// Why the last window was flagged, for the anomaly event ([`Pipeline::explanation`]): the
+/// window's strongest atoms, how the energy the code misses splits over the channels, and,
+/// with the memory detector, how familiar the window's SDR code was and how close the nearest
+/// stored code came.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Explanation<'a> {
+    /// The kept atoms, largest |coefficient| first, and their coefficients.
+    pub atoms: &'a [usize],
+    pub coefficients: &'a [f64],
+    /// Per channel, its share in [0, 1] of ‖y − ŷ‖² (sums to 1, or all 0 when the code
+    /// explains the window exactly).
+    pub channel_residual: &'a [f64],
+    /// Familiarity G of the window's SDR code (memory detector only).
+    pub familiarity: Option<f64>,
+    /// Overlap of the window's SDR code with the closest stored code, shared modules / Q
+    /// (memory detector, when a stored code shares a cell).
+    pub best_match_overlap: Option<f64>,
 }
 
 /// The per-stream pipeline. All of its state is allocated in [`Pipeline::new`]; the work
@@ -293,6 +328,7 @@ impl Pipeline {
             dictionary: OrthoDictionary::new(p.dictionary.clone(), n),
             code: SparseCode::new(n),
             reconstruction: vec![0.0; n],
+            channel_residual: Vec::with_capacity(channels),
         });
         let scorer = match p.detector {
             DetectorKind::Baseline => {
@@ -364,6 +400,31 @@ impl Pipeline {
     /// Whether the likelihood is fitted, i.e. the stream is past its warm-up.
     pub fn is_warm(&self) -> bool {
         self.likelihood.is_warm()
+    }
+
+    /// The memory's recall of the last completed window (its SDR code, familiarity and best
+    /// match), when the detector is `memory`.
+    pub fn recall(&self) -> Option<&Recall> {
+        match &self.scorer {
+            Scorer::Memory(m) => Some(m.recall()),
+            Scorer::Baseline(_) | Scorer::Residual(_) => None,
+        }
+    }
+
+    /// Why the last completed window raised a detection: valid right after a
+    /// [`Pipeline::push`] whose report carries one (the channel split is computed for onset
+    /// windows only). `None` when the stream has no dictionary (window wider than
+    /// `coding.max_dim`).
+    pub fn explanation(&self) -> Option<Explanation<'_>> {
+        let c = self.codes.as_ref()?;
+        let recall = self.recall().filter(|r| r.is_coded());
+        Some(Explanation {
+            atoms: c.code.indices(),
+            coefficients: c.code.values(),
+            channel_residual: &c.channel_residual,
+            familiarity: recall.map(|r| r.familiarity),
+            best_match_overlap: recall.and_then(|r| r.best_match.map(|b| b.overlap)),
+        })
     }
 
     /// The associative memory, when the detector is `memory`.
@@ -438,6 +499,12 @@ impl Pipeline {
         let learning_before = self.alerter.learning_allowed();
         let likelihood = self.likelihood.update(raw.score, learning_before);
         let step = self.alerter.observe(likelihood);
+        if step == AlertStep::Onset {
+            // Before learning moves the dictionary away from the code's.
+            if let Some(c) = &mut self.codes {
+                c.explain_channels(&self.normalised, self.framer.params().window_len);
+            }
+        }
         let learned = self.alerter.learning_allowed();
         if learned {
             self.scorer.learn();
@@ -702,6 +769,66 @@ mod tests {
             detections.iter().all(|d| d.end_ms >= 9_000),
             "{detections:?}"
         );
+    }
+
+    /// The onset window's explanation names the stepped channel as carrying most of what the
+    /// code misses, with shares that sum to 1, and the code's atoms; the baseline detector has
+    /// no memory part.
+    #[test]
+    fn a_detection_explains_its_channels_and_atoms() {
+        let params = PipelineParams::default().check().unwrap();
+        let mut p = Pipeline::new(&params, 2);
+        let mut explained = 0;
+        for (t, [a, b]) in noise(4).take(14_000).enumerate() {
+            let v = if t >= 10_000 { [a, b + 40.0] } else { [a, b] };
+            let r = p.push(Sample::new(t as i64 * 1000, &v).unwrap());
+            let Some(d) = r.report.and_then(|r| r.detection) else {
+                continue;
+            };
+            let e = p.explanation().expect("two channels × 32 get a dictionary");
+            assert_eq!(e.channel_residual.len(), 2);
+            let total: f64 = e.channel_residual.iter().sum();
+            assert!((total - 1.0).abs() < 1e-12, "{e:?}");
+            assert!(e.channel_residual[1] > e.channel_residual[0], "{e:?}");
+            assert_eq!(d.channel, 1);
+            assert_eq!(e.atoms.len(), params.get().coding.k);
+            assert_eq!(e.atoms.len(), e.coefficients.len());
+            assert_eq!(e.atoms, p.code().unwrap().indices());
+            assert_eq!((e.familiarity, e.best_match_overlap), (None, None));
+            explained += 1;
+        }
+        assert_eq!(explained, 1);
+    }
+
+    /// With the memory detector every window's recall is exposed (a code of one winner per
+    /// module, a familiarity in [0, 1]), and a repeated shape is familiar and matched.
+    #[test]
+    fn the_memory_detector_exposes_each_windows_recall() {
+        let params = PipelineParams {
+            detector: DetectorKind::Memory,
+            ..Default::default()
+        };
+        let params = params.check().unwrap();
+        let q = params.get().memory.sdr.modules;
+        let mut p = Pipeline::new(&params, 1);
+        let mut last = None;
+        for t in 0..4_000i64 {
+            let v = (t as f64 * 2.0 * std::f64::consts::PI / 16.0).sin();
+            if p.push(Sample::new(t, &[v]).unwrap()).report.is_some() {
+                let r = p.recall().expect("memory detector");
+                assert!((0.0..=1.0).contains(&r.familiarity), "{r:?}");
+                if r.is_coded() {
+                    assert_eq!(r.code.len(), q);
+                }
+                last = Some(r.clone());
+            }
+        }
+        let r = last.expect("windows");
+        assert!(r.is_coded());
+        assert!(r.familiarity > 0.9, "a repeated sine is familiar: {r:?}");
+        let e = p.explanation().unwrap();
+        assert_eq!(e.familiarity, Some(r.familiarity));
+        assert!(e.best_match_overlap.is_some_and(|o| o > 0.5), "{e:?}");
     }
 
     #[test]

@@ -883,6 +883,8 @@ mod tests {
             dictionary_version: 9,
             score: 0.2,
             likelihood: None,
+            sdr: Some(vec![7, 0, 15]),
+            familiarity: Some(0.625),
         };
         let json: CodeMessage =
             serde_json::from_slice(&encode_code(&code, CodeFormat::Json)).unwrap();

@@ -201,7 +201,8 @@ pub fn run(
         let codes = &s.output.codes;
         if codes.enabled && report.index % codes.every == 0 {
             if let Some(code) = stream.pipeline.code() {
-                let msg = CodeMessage::new(&s.node.id, &key, &report, code);
+                let msg = CodeMessage::new(&s.node.id, &key, &report, code)
+                    .with_recall(stream.pipeline.recall());
                 write_line(out, &code_topic(settings, &key), &msg)?;
                 c.codes += 1;
             }
@@ -211,7 +212,8 @@ pub fn run(
             t.detections.push((d.start_ms, d.end_ms));
             let detector = stream.pipeline.params().detector.name();
             let channel = &t.channel_names[d.channel];
-            let msg = AnomalyMessage::new(&s.node.id, &key, detector, channel, &d);
+            let msg = AnomalyMessage::new(&s.node.id, &key, detector, channel, &d)
+                .with_explanation(stream.pipeline.explanation().as_ref(), &t.channel_names);
             write_line(out, &anomaly_topic(settings, &key), &msg)?;
         }
     }

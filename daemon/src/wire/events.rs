@@ -2,7 +2,7 @@
 //! number that changes only when a field changes meaning or disappears (new fields may be added).
 
 use serde::{Deserialize, Serialize};
-use sparsewatch_dsp::{Detection, SparseCode, WindowReport};
+use sparsewatch_dsp::{Detection, Explanation, Recall, SparseCode, WindowReport};
 
 /// Version of the anomaly event and status payloads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -32,6 +32,57 @@ pub struct AnomalyMessage {
     /// false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub delayed: bool,
+    /// Why the window was flagged; absent when the stream has no dictionary (window wider
+    /// than `pipeline.coding.max_dim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Box<ExplanationMessage>>,
+}
+
+/// The explanation part of an anomaly event (see [`Explanation`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExplanationMessage {
+    /// The window's strongest atoms, largest |coefficient| first, and their coefficients.
+    pub atoms: Vec<usize>,
+    pub coefficients: Vec<f64>,
+    /// Channels by their share of the energy the sparse code misses, largest first.
+    pub channels: Vec<ChannelShare>,
+    /// Familiarity of the window's SDR code and the overlap of the closest stored code
+    /// (memory detector only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub familiarity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_match_overlap: Option<f64>,
+}
+
+/// One channel's share of what the code misses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelShare {
+    pub channel: String,
+    pub residual_share: f64,
+}
+
+impl ExplanationMessage {
+    /// `channel_names[c]` names channel `c` of the stream.
+    pub fn new(e: &Explanation<'_>, channel_names: &[String]) -> Self {
+        let mut channels: Vec<ChannelShare> = e
+            .channel_residual
+            .iter()
+            .zip(channel_names)
+            .map(|(&share, name)| ChannelShare {
+                channel: name.clone(),
+                residual_share: share,
+            })
+            .collect();
+        // Stable: equal shares keep channel order.
+        channels.sort_by(|a, b| b.residual_share.total_cmp(&a.residual_share));
+        Self {
+            atoms: e.atoms.to_vec(),
+            coefficients: e.coefficients.to_vec(),
+            channels,
+            familiarity: e.familiarity,
+            best_match_overlap: e.best_match_overlap,
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -55,7 +106,18 @@ impl AnomalyMessage {
             detector: detector.to_string(),
             channel: channel.to_string(),
             delayed: false,
+            explanation: None,
         }
+    }
+
+    /// Attaches why the window was flagged.
+    pub fn with_explanation(
+        mut self,
+        e: Option<&Explanation<'_>>,
+        channel_names: &[String],
+    ) -> Self {
+        self.explanation = e.map(|e| Box::new(ExplanationMessage::new(e, channel_names)));
+        self
     }
 }
 
@@ -183,6 +245,13 @@ pub struct CodeMessage {
     /// Raw anomaly score and likelihood of the window (`null` during warm-up).
     pub score: f64,
     pub likelihood: Option<f64>,
+    /// With the memory detector: the window's SDR code (the winning cell of each of the Q
+    /// modules) and its familiarity G. Absent otherwise, or when the memory could not code
+    /// the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdr: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub familiarity: Option<f64>,
 }
 
 impl CodeMessage {
@@ -203,7 +272,18 @@ impl CodeMessage {
             dictionary_version: code.version(),
             score: report.score,
             likelihood: report.likelihood,
+            sdr: None,
+            familiarity: None,
         }
+    }
+
+    /// Adds the memory's SDR code and familiarity of the window, when it coded it.
+    pub fn with_recall(mut self, recall: Option<&Recall>) -> Self {
+        if let Some(r) = recall.filter(|r| r.is_coded()) {
+            self.sdr = Some(r.code.clone());
+            self.familiarity = Some(r.familiarity);
+        }
+        self
     }
 }
 
@@ -307,6 +387,50 @@ mod schema_tests {
             msg.get("delayed").is_none(),
             "delayed is omitted when false: {msg}"
         );
+        assert!(msg.get("explanation").is_none(), "{msg}");
+        // An explanation: channels ranked by share, the memory part only when given.
+        let names = ["x".to_string(), "y".to_string(), "z".to_string()];
+        let e = Explanation {
+            atoms: &[5, 0],
+            coefficients: &[2.0, -1.0],
+            channel_residual: &[0.25, 0.5, 0.25],
+            familiarity: Some(0.8),
+            best_match_overlap: Some(0.9375),
+        };
+        let explained =
+            AnomalyMessage::new("n", "a/b", "memory", "y", &d).with_explanation(Some(&e), &names);
+        let v = serde_json::to_value(&explained).unwrap();
+        let errors: Vec<String> = anomaly.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let ranked: Vec<&str> = explained
+            .explanation
+            .as_ref()
+            .unwrap()
+            .channels
+            .iter()
+            .map(|c| c.channel.as_str())
+            .collect();
+        assert_eq!(
+            ranked,
+            ["y", "x", "z"],
+            "largest share first, ties in channel order"
+        );
+        assert_eq!(v["explanation"]["best_match_overlap"], 0.9375);
+        let baseline = Explanation {
+            familiarity: None,
+            best_match_overlap: None,
+            ..e
+        };
+        let v = serde_json::to_value(
+            AnomalyMessage::new("n", "a/b", "baseline", "y", &d)
+                .with_explanation(Some(&baseline), &names),
+        )
+        .unwrap();
+        assert!(anomaly.is_valid(&v), "{v}");
+        assert!(v["explanation"].get("familiarity").is_none(), "{v}");
+        let mut bad = v.clone();
+        bad["explanation"]["channels"][0]["residual_share"] = 1.5.into();
+        assert!(!anomaly.is_valid(&bad), "a share above 1 must be rejected");
 
         let nodata = validator(include_str!("../../schemas/nodata.schema.json"));
         for (active, delayed) in [(true, false), (false, true)] {
@@ -350,10 +474,30 @@ mod schema_tests {
             dictionary_version: 0,
             score: 0.0,
             likelihood: None,
+            sdr: None,
+            familiarity: None,
         };
         let v = serde_json::to_value(&msg).unwrap();
         let errors: Vec<String> = code.iter_errors(&v).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{errors:?}");
+        assert!(
+            v.get("sdr").is_none() && v.get("familiarity").is_none(),
+            "{v}"
+        );
+        let with_sdr = CodeMessage {
+            sdr: Some(vec![3, 15, 0]),
+            familiarity: Some(0.5),
+            ..msg
+        };
+        let v = serde_json::to_value(&with_sdr).unwrap();
+        let errors: Vec<String> = code.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut bad = v.clone();
+        bad.as_object_mut().unwrap().remove("familiarity");
+        assert!(
+            !code.is_valid(&bad),
+            "an SDR code comes with its familiarity"
+        );
 
         let status = validator(include_str!("../../schemas/status.schema.json"));
         for online in [true, false] {

@@ -117,6 +117,11 @@ impl MemoryScorer {
         self.recall.familiarity
     }
 
+    /// The recall of the window scored last: its SDR code, familiarity and best match.
+    pub fn recall(&self) -> &Recall {
+        &self.recall
+    }
+
     pub fn memory(&self) -> &SdrMemory {
         &self.memory
     }

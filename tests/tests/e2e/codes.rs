@@ -102,3 +102,31 @@ fn decimated_cbor_codes() {
     assert_eq!(windows, expected, "log:\n{}", daemon.output());
     assert_eq!(daemon.stop().expect("stop").code(), Some(0));
 }
+
+/// With the memory detector each code message also carries the window's SDR code (one winner
+/// per module, 32 modules by default) and its familiarity, and still matches the schema.
+#[test]
+fn memory_detector_codes_carry_the_sdr_code_and_familiarity() {
+    let broker = Mosquitto::start().expect("start mosquitto");
+    let mut config = TestConfig::new("codes-sdr", broker.port());
+    config.extra = "[pipeline]\ndetector = \"memory\"\n".into();
+    let mut daemon = start_online(&config);
+    let codes = TestClient::connect(broker.port(), &format!("{}-sub", config.node_id))
+        .expect("connect subscriber");
+    codes
+        .subscribe(&format!("{}/{}/code/#", config.prefix, config.node_id))
+        .expect("subscribe to codes");
+
+    publish_stream(&config, "site1/mixer");
+    let got = collect(&codes, WINDOWS as usize);
+    assert_eq!(got.len() as u64, WINDOWS, "log:\n{}", daemon.output());
+    let validator = crate::schema("code.schema.json");
+    for m in &got {
+        let v = m.json().expect("code is JSON");
+        crate::assert_valid(&validator, &v);
+        assert_eq!(v["sdr"].as_array().map(Vec::len), Some(32), "{v}");
+        let g = v["familiarity"].as_f64().expect("familiarity");
+        assert!((0.0..=1.0).contains(&g), "{v}");
+    }
+    assert_eq!(daemon.stop().expect("stop").code(), Some(0));
+}

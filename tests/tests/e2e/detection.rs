@@ -77,6 +77,19 @@ fn step_fault_is_detected_on_its_key_only() {
     assert_eq!(event["key"], "line1/motor", "{event}");
     assert_eq!(event["seq"], 1, "{event}");
     assert_eq!(event["channel"], "x", "{event}");
+    // The explanation ranks the stepped channel first and names the window's atoms.
+    let explanation = &event["explanation"];
+    assert_eq!(explanation["channels"][0]["channel"], "x", "{event}");
+    assert_eq!(
+        explanation["channels"].as_array().map(Vec::len),
+        Some(2),
+        "{event}"
+    );
+    assert_eq!(
+        explanation["atoms"].as_array().map(Vec::len),
+        Some(8),
+        "{event}"
+    );
     for field in ["score", "likelihood", "threshold"] {
         assert!(event[field].is_number(), "{field} missing in {event}");
     }
