@@ -22,5 +22,31 @@ pub mod params;
 mod identity;
 mod polar;
 
+/// The learner's two polar-factor routines, exposed for the comparison with other libraries
+/// in `examples/polar.rs`; not part of the API.
+#[doc(hidden)]
+pub mod polar_routines {
+    use nalgebra::DMatrix;
+
+    /// Newton–Schulz buffers for n×n matrices.
+    pub struct NewtonSchulz(super::polar::PolarWorkspace);
+
+    impl NewtonSchulz {
+        pub fn new(n: usize) -> Self {
+            Self(super::polar::PolarWorkspace::new(n))
+        }
+
+        /// Replaces `x` by polar(x); the iterations, or `None` when it does not converge.
+        pub fn polar(&mut self, x: &mut DMatrix<f64>) -> Option<u32> {
+            self.0.newton_schulz(x)
+        }
+    }
+
+    /// Replaces `x` by polar(x) through nalgebra's SVD; false when the SVD fails.
+    pub fn polar_svd(x: &mut DMatrix<f64>) -> bool {
+        super::polar::polar_svd(x)
+    }
+}
+
 pub use learner::{DictionaryStats, LearnOutcome, LearnScratch, OrthoDictionary};
 pub use params::{DictionaryParams, Objective, PolarMethod, Retraction, Schedule, MAX_MINIBATCH};
