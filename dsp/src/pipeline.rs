@@ -226,44 +226,59 @@ struct CodeStage {
     code: SparseCode,
     /// Scratch for the k-term reconstruction (explanations only).
     reconstruction: Vec<f64>,
-    /// Share of the energy the code misses, per channel, of the last window it was asked for
-    /// (onset windows, and every window of the residual and memory detectors). Defaults to
-    /// empty in checkpoints written before it existed.
+    /// Per channel, its share of the energy the code misses, ‖y_c − ŷ_c‖² / ‖y − ŷ‖², and of
+    /// the energy the code explains, ‖ŷ_c‖² / ‖ŷ‖², for the window `split_fresh` says (onset
+    /// windows, and every window of the residual and memory detectors). Default to empty in
+    /// checkpoints written before they existed.
     #[serde(default)]
     channel_residual: Vec<f64>,
+    #[serde(default)]
+    channel_code: Vec<f64>,
+    /// Whether the channel split belongs to the current window.
+    #[serde(default)]
+    split_fresh: bool,
 }
 
 impl CodeStage {
     /// The channel whose samples carry most of the energy the code misses, ‖y_c − ŷ_c‖²
     /// (windows are channel-major, `len` samples per channel). O(n·k).
     fn worst_channel(&mut self, y: &[f64], len: usize) -> usize {
-        self.explain_channels(y, len)
+        self.split_channels(y, len)
+    }
+
+    /// Fills the channel split of the current window (both shares all 0 when their total is
+    /// 0 or not finite) and returns the channel with the largest ‖y_c − ŷ_c‖² (the first on
+    /// ties; 0 if none is a number). O(n·k); allocates only on the first call after a
+    /// restore from a checkpoint without the split.
+    fn split_channels(&mut self, y: &[f64], len: usize) -> usize {
+        self.code
+            .reconstruct(self.dictionary.dictionary(), &mut self.reconstruction);
+        self.channel_residual.clear();
+        self.channel_code.clear();
+        for (yc, rc) in y.chunks(len).zip(self.reconstruction.chunks(len)) {
+            let missed: f64 = yc.iter().zip(rc).map(|(a, b)| (a - b) * (a - b)).sum();
+            self.channel_residual.push(missed);
+            self.channel_code.push(rc.iter().map(|r| r * r).sum());
+        }
+        let worst = self
+            .channel_residual
             .iter()
             .enumerate()
             .fold(
                 (0, f64::MIN),
                 |best, (c, &e)| if e > best.1 { (c, e) } else { best },
             )
-            .0
-    }
-
-    /// Fills `channel_residual` with each channel's share of ‖y − ŷ‖² (all 0 when the code
-    /// misses nothing). O(n·k). Allocates only on the first call after a restore.
-    fn explain_channels(&mut self, y: &[f64], len: usize) -> &[f64] {
-        self.code
-            .reconstruct(self.dictionary.dictionary(), &mut self.reconstruction);
-        self.channel_residual.clear();
-        for (yc, rc) in y.chunks(len).zip(self.reconstruction.chunks(len)) {
-            let e: f64 = yc.iter().zip(rc).map(|(a, b)| (a - b) * (a - b)).sum();
-            self.channel_residual.push(e);
+            .0;
+        for shares in [&mut self.channel_residual, &mut self.channel_code] {
+            let total: f64 = shares.iter().sum();
+            if total > 0.0 && total.is_finite() {
+                shares.iter_mut().for_each(|e| *e /= total);
+            } else {
+                shares.fill(0.0);
+            }
         }
-        let total: f64 = self.channel_residual.iter().sum();
-        if total > 0.0 && total.is_finite() {
-            self.channel_residual.iter_mut().for_each(|e| *e /= total);
-        } else {
-            self.channel_residual.fill(0.0);
-        }
-        &self.channel_residual
+        self.split_fresh = true;
+        worst
     }
 }
 
@@ -276,11 +291,17 @@ pub struct Explanation<'a> {
     /// The kept atoms, largest |coefficient| first, and their coefficients.
     pub atoms: &'a [usize],
     pub coefficients: &'a [f64],
-    /// Per channel, its share in [0, 1] of ‖y − ŷ‖² (sums to 1, or all 0 when the code
-    /// explains the window exactly).
+    /// Per channel, its share in [0, 1] of ‖y − ŷ‖², the energy the atoms miss (sums to 1,
+    /// or all 0 when the code explains the window exactly).
     pub channel_residual: &'a [f64],
-    /// Familiarity G of the window's SDR code (memory detector only).
+    /// Per channel, its share in [0, 1] of ‖ŷ‖², the energy the atoms explain (sums to 1, or
+    /// all 0 for a zero window).
+    pub channel_code: &'a [f64],
+    /// Memory detector only: familiarity G of the window's SDR code, and the precision R of
+    /// the input it recalls (the score's novelty is 1 − G·R, so a window can be novel at
+    /// G ≈ 1 when R is low: it is a strict part of something stored).
     pub familiarity: Option<f64>,
+    pub precision: Option<f64>,
     /// Overlap of the window's SDR code with the closest stored code, shared modules / Q
     /// (memory detector, when a stored code shares a cell).
     pub best_match_overlap: Option<f64>,
@@ -304,6 +325,9 @@ pub struct Pipeline {
     likelihood: AnomalyLikelihood,
     alerter: Alerter,
     counters: PipelineCounters,
+    /// Whether the last window raised a detection (what [`Pipeline::explanation`] explains).
+    #[serde(default)]
+    onset: bool,
 }
 
 impl Pipeline {
@@ -329,6 +353,8 @@ impl Pipeline {
             code: SparseCode::new(n),
             reconstruction: vec![0.0; n],
             channel_residual: Vec::with_capacity(channels),
+            channel_code: Vec::with_capacity(channels),
+            split_fresh: false,
         });
         let scorer = match p.detector {
             DetectorKind::Baseline => {
@@ -357,6 +383,7 @@ impl Pipeline {
             likelihood: AnomalyLikelihood::new(p.likelihood.clone()),
             alerter: Alerter::new(p.alert.clone()),
             counters: PipelineCounters::default(),
+            onset: false,
             params: p,
         })
     }
@@ -411,18 +438,22 @@ impl Pipeline {
         }
     }
 
-    /// Why the last completed window raised a detection: valid right after a
-    /// [`Pipeline::push`] whose report carries one (the channel split is computed for onset
-    /// windows only). `None` when the stream has no dictionary (window wider than
-    /// `coding.max_dim`).
+    /// Why the last completed window raised a detection: `Some` from a [`Pipeline::push`]
+    /// whose report carries one until the next window completes, when the stream has a
+    /// dictionary (window no wider than `coding.max_dim`); `None` after any other window.
     pub fn explanation(&self) -> Option<Explanation<'_>> {
-        let c = self.codes.as_ref()?;
+        if !self.onset {
+            return None;
+        }
+        let c = self.codes.as_ref().filter(|c| c.split_fresh)?;
         let recall = self.recall().filter(|r| r.is_coded());
         Some(Explanation {
             atoms: c.code.indices(),
             coefficients: c.code.values(),
             channel_residual: &c.channel_residual,
+            channel_code: &c.channel_code,
             familiarity: recall.map(|r| r.familiarity),
+            precision: recall.map(|r| r.precision),
             best_match_overlap: recall.and_then(|r| r.best_match.map(|b| b.overlap)),
         })
     }
@@ -491,6 +522,7 @@ impl Pipeline {
         let (start_ms, end_ms) = (window.start_ms, window.end_ms);
         if let Some(c) = &mut self.codes {
             c.dictionary.code(&self.normalised, c.k, &mut c.code);
+            c.split_fresh = false;
         }
         let residual = self.codes.as_ref().map(|c| c.code.residual());
         let raw = self
@@ -499,10 +531,11 @@ impl Pipeline {
         let learning_before = self.alerter.learning_allowed();
         let likelihood = self.likelihood.update(raw.score, learning_before);
         let step = self.alerter.observe(likelihood);
-        if step == AlertStep::Onset {
+        self.onset = step == AlertStep::Onset;
+        if self.onset {
             // Before learning moves the dictionary away from the code's.
-            if let Some(c) = &mut self.codes {
-                c.explain_channels(&self.normalised, self.framer.params().window_len);
+            if let Some(c) = self.codes.as_mut().filter(|c| !c.split_fresh) {
+                c.split_channels(&self.normalised, self.framer.params().window_len);
             }
         }
         let learned = self.alerter.learning_allowed();
@@ -753,6 +786,14 @@ mod tests {
             };
             if let Some(rep) = p.push(Sample::new(t, &[v]).unwrap()).report {
                 assert!((0.0..=1.0).contains(&rep.score), "{rep:?}");
+                if rep.detection.is_some() {
+                    // The memory part of the explanation is the window's recall.
+                    let e = p.explanation().expect("explained");
+                    let r = p.recall().unwrap();
+                    assert_eq!(e.familiarity, Some(r.familiarity));
+                    assert_eq!(e.precision, Some(r.precision));
+                    assert_eq!(e.best_match_overlap, r.best_match.map(|b| b.overlap));
+                }
                 detections.extend(rep.detection);
             }
             if t == 6_000 {
@@ -783,18 +824,27 @@ mod tests {
             let v = if t >= 10_000 { [a, b + 40.0] } else { [a, b] };
             let r = p.push(Sample::new(t as i64 * 1000, &v).unwrap());
             let Some(d) = r.report.and_then(|r| r.detection) else {
+                if r.report.is_some() {
+                    assert!(p.explanation().is_none(), "only a detection is explained");
+                }
                 continue;
             };
             let e = p.explanation().expect("two channels × 32 get a dictionary");
             assert_eq!(e.channel_residual.len(), 2);
-            let total: f64 = e.channel_residual.iter().sum();
-            assert!((total - 1.0).abs() < 1e-12, "{e:?}");
+            for shares in [e.channel_residual, e.channel_code] {
+                assert_eq!(shares.len(), 2);
+                let total: f64 = shares.iter().sum();
+                assert!((total - 1.0).abs() < 1e-12, "{e:?}");
+            }
             assert!(e.channel_residual[1] > e.channel_residual[0], "{e:?}");
             assert_eq!(d.channel, 1);
             assert_eq!(e.atoms.len(), params.get().coding.k);
             assert_eq!(e.atoms.len(), e.coefficients.len());
             assert_eq!(e.atoms, p.code().unwrap().indices());
-            assert_eq!((e.familiarity, e.best_match_overlap), (None, None));
+            assert_eq!(
+                (e.familiarity, e.precision, e.best_match_overlap),
+                (None, None, None)
+            );
             explained += 1;
         }
         assert_eq!(explained, 1);
@@ -826,9 +876,7 @@ mod tests {
         let r = last.expect("windows");
         assert!(r.is_coded());
         assert!(r.familiarity > 0.9, "a repeated sine is familiar: {r:?}");
-        let e = p.explanation().unwrap();
-        assert_eq!(e.familiarity, Some(r.familiarity));
-        assert!(e.best_match_overlap.is_some_and(|o| o > 0.5), "{e:?}");
+        assert!(r.best_match.is_some_and(|b| b.overlap > 0.5), "{r:?}");
     }
 
     #[test]

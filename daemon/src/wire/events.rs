@@ -44,12 +44,15 @@ pub struct ExplanationMessage {
     /// The window's strongest atoms, largest |coefficient| first, and their coefficients.
     pub atoms: Vec<usize>,
     pub coefficients: Vec<f64>,
-    /// Channels by their share of the energy the sparse code misses, largest first.
+    /// Every channel with its share of the energy the sparse code misses and of the energy it
+    /// explains, largest missed share first.
     pub channels: Vec<ChannelShare>,
-    /// Familiarity of the window's SDR code and the overlap of the closest stored code
-    /// (memory detector only).
+    /// Memory detector only: familiarity G of the window's SDR code, the precision R of what
+    /// it recalls (novelty is 1 − G·R), and the overlap of the closest stored code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub familiarity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_match_overlap: Option<f64>,
 }
@@ -58,7 +61,10 @@ pub struct ExplanationMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelShare {
     pub channel: String,
+    /// ‖y_c − ŷ_c‖² / ‖y − ŷ‖²: the channel's part of what the atoms miss.
     pub residual_share: f64,
+    /// ‖ŷ_c‖² / ‖ŷ‖²: the channel's part of what the atoms explain.
+    pub code_share: f64,
 }
 
 impl ExplanationMessage {
@@ -67,10 +73,12 @@ impl ExplanationMessage {
         let mut channels: Vec<ChannelShare> = e
             .channel_residual
             .iter()
+            .zip(e.channel_code)
             .zip(channel_names)
-            .map(|(&share, name)| ChannelShare {
+            .map(|((&residual_share, &code_share), name)| ChannelShare {
                 channel: name.clone(),
-                residual_share: share,
+                residual_share,
+                code_share,
             })
             .collect();
         // Stable: equal shares keep channel order.
@@ -80,6 +88,7 @@ impl ExplanationMessage {
             coefficients: e.coefficients.to_vec(),
             channels,
             familiarity: e.familiarity,
+            precision: e.precision,
             best_match_overlap: e.best_match_overlap,
         }
     }
@@ -394,7 +403,9 @@ mod schema_tests {
             atoms: &[5, 0],
             coefficients: &[2.0, -1.0],
             channel_residual: &[0.25, 0.5, 0.25],
+            channel_code: &[0.5, 0.0, 0.5],
             familiarity: Some(0.8),
+            precision: Some(0.75),
             best_match_overlap: Some(0.9375),
         };
         let explained =
@@ -416,8 +427,11 @@ mod schema_tests {
             "largest share first, ties in channel order"
         );
         assert_eq!(v["explanation"]["best_match_overlap"], 0.9375);
+        assert_eq!(v["explanation"]["channels"][0]["code_share"], 0.0);
+        assert_eq!(v["explanation"]["precision"], 0.75);
         let baseline = Explanation {
             familiarity: None,
+            precision: None,
             best_match_overlap: None,
             ..e
         };

@@ -23,7 +23,8 @@ mod identity;
 mod polar;
 
 /// The learner's two polar-factor routines, exposed for the comparison with other libraries
-/// in `examples/polar.rs`; not part of the API.
+/// in `examples/polar.rs` (feature `faer`); not part of the API.
+#[cfg(feature = "faer")]
 #[doc(hidden)]
 pub mod polar_routines {
     use nalgebra::DMatrix;
