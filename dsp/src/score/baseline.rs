@@ -6,7 +6,10 @@
 //! shift move that one at once, where the whole window's mean moves by an eighth as much and
 //! only reaches its full change a window later. Each
 //! feature is compared with a normal fitted to the same feature over the last `history`
-//! learned windows, giving a two-sided tail probability per feature. The smallest tail, times
+//! learned windows, giving a two-sided tail probability per feature: by default the tail of
+//! the Student-t predictive distribution (n − 1 degrees of freedom for n = learned windows / `spacing`,
+//! scale √(1 + 1/n) times the sample standard deviation), which is the Gaussian's tail for a long
+//! history and heavier for a short one, where mean and variance are uncertain. The smallest tail, times
 //! the number of features (Bonferroni), is the window's p-value, and the raw score is its
 //! surprise in decades, `−log10(p) / 10`, capped to [0, 1]. Under stationary noise that is small
 //! (mean ≈ 0.04) with rare spikes; a real change pushes it to 1 within a window. A heavy-tailed
@@ -16,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::special::erfc;
+use super::special::{erfc, student_t_two_sided_tail};
 use super::RawScore;
 use crate::params::{check_range, ParamError};
 use crate::window::WindowView;
@@ -28,6 +31,20 @@ pub struct BaselineParams {
     pub history: usize,
     /// Windows needed before scores are produced (score 0 before). Range 2..=history, default 16.
     pub min_history: usize,
+    /// Tail of each feature: "normal" (the fitted Gaussian) or "student_t" (default: the
+    /// predictive distribution of a new value when mean and variance are estimated from the
+    /// history, so a short history, as right after warm-up, does not overstate surprise).
+    pub tail: BaselineTail,
+    /// Learned windows per independent observation when counting the Student-t's degrees of
+    /// freedom (overlapping windows are correlated). Range 1..=4096, default 1.
+    pub spacing: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaselineTail {
+    Normal,
+    StudentT,
 }
 
 impl Default for BaselineParams {
@@ -35,6 +52,8 @@ impl Default for BaselineParams {
         Self {
             history: 256,
             min_history: 16,
+            tail: BaselineTail::StudentT,
+            spacing: 1.0,
         }
     }
 }
@@ -48,7 +67,8 @@ impl BaselineParams {
             self.min_history,
             2,
             self.history,
-        )
+        )?;
+        check_range("spacing", "in 1..=4096", self.spacing, 1.0, 4096.0)
     }
 }
 
@@ -119,7 +139,14 @@ impl BaselineScorer {
             // only a change that matters in relative terms scores high.
             let std = var.sqrt().max(1e-9).max(1e-6 * mean.abs());
             let z = (self.current[f] - mean) / std;
-            let tail = erfc(z.abs() / std::f64::consts::SQRT_2);
+            let tail = match self.params.tail {
+                BaselineTail::Normal => erfc(z.abs() / std::f64::consts::SQRT_2),
+                BaselineTail::StudentT => {
+                    let n = (have as f64 / self.params.spacing).max(2.0);
+                    let t = z * (n - 1.0).sqrt() / (n + 1.0).sqrt();
+                    student_t_two_sided_tail(t, n - 1.0)
+                }
+            };
             if tail < min_tail {
                 min_tail = tail;
                 channel = f / FEATURES_PER_CHANNEL;
@@ -214,6 +241,48 @@ mod tests {
         // The third feature of channel 1 is the mean of its newest 32 / 8 = 4 samples.
         let newest = spiked[2 * len - 4..].iter().sum::<f64>() / 4.0;
         assert!((b.current[FEATURES_PER_CHANNEL + 2] - newest).abs() < 1e-12);
+    }
+
+    #[test]
+    fn student_t_tail_is_cautious_on_a_short_history_and_normal_on_a_long_one() {
+        let params = |tail| BaselineParams {
+            tail,
+            ..BaselineParams::default()
+        };
+        let mut t = BaselineScorer::new(params(BaselineTail::StudentT), 1);
+        let mut g = BaselineScorer::new(params(BaselineTail::Normal), 1);
+        let window = |i: usize| -> Vec<f64> {
+            (0..8)
+                .map(|j| ((i * 8 + j) as f64 * 0.7).sin() + 0.3 * ((i * 13 + j * 7) % 11) as f64)
+                .collect()
+        };
+        let shifted = |i: usize| -> Vec<f64> { window(i).iter().map(|v| v + 0.5).collect() };
+        let mut checked = 0;
+        for i in 0..300 {
+            let (st, sg) = (
+                t.score(&view(&shifted(i))).score,
+                g.score(&view(&shifted(i))).score,
+            );
+            t.score(&view(&window(i)));
+            g.score(&view(&window(i)));
+            if (16..40).contains(&i) {
+                // A short history: the same outlier is less surprising under the t.
+                assert!(st < sg, "window {i}: t {st} normal {sg}");
+                checked += 1;
+            }
+            if i == 299 {
+                // 256 windows of history: 255 degrees of freedom, within 10 % of the normal.
+                assert!(sg > 0.2 && (st - sg).abs() < 0.1 * sg, "t {st} normal {sg}");
+            }
+            t.learn();
+            g.learn();
+        }
+        assert_eq!(checked, 24);
+        let bad = BaselineParams {
+            spacing: 0.5,
+            ..BaselineParams::default()
+        };
+        assert!(bad.check().is_err());
     }
 
     #[test]
