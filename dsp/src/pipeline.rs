@@ -208,8 +208,9 @@ impl Scorer {
         }
     }
 
-    fn learn(&mut self) {
+    fn learn(&mut self, in_incident: bool) {
         match self {
+            Scorer::Baseline(b) if in_incident => b.learn_in_incident(),
             Scorer::Baseline(b) => b.learn(),
             Scorer::Residual(r) => r.learn(),
             Scorer::Memory(m) => m.learn(),
@@ -440,7 +441,7 @@ impl Pipeline {
         let step = self.alerter.observe(likelihood);
         let learned = self.alerter.learning_allowed();
         if learned {
-            self.scorer.learn();
+            self.scorer.learn(self.alerter.sampling_incident());
             if let Some(c) = &mut self.codes {
                 c.dictionary.learn_with(&self.normalised, scratch);
             }
