@@ -209,8 +209,9 @@ impl Scorer {
         }
     }
 
-    fn learn(&mut self) {
+    fn learn(&mut self, in_incident: bool) {
         match self {
+            Scorer::Baseline(b) if in_incident => b.learn_in_incident(),
             Scorer::Baseline(b) => b.learn(),
             Scorer::Residual(r) => r.learn(),
             Scorer::Memory(m) => m.learn(),
@@ -540,7 +541,7 @@ impl Pipeline {
         }
         let learned = self.alerter.learning_allowed();
         if learned {
-            self.scorer.learn();
+            self.scorer.learn(self.alerter.sampling_incident());
             if let Some(c) = &mut self.codes {
                 c.dictionary.learn_with(&self.normalised, scratch);
             }

@@ -164,6 +164,14 @@ impl Alerter {
         }
     }
 
+    /// Whether an incident is open and has not reached `relearn_after` yet: a window learned
+    /// now is learned only by the `learn_every` sampling, not because the change became the
+    /// new normal.
+    pub fn sampling_incident(&self) -> bool {
+        self.state == AlertState::Alerting
+            && !(self.params.relearn_after > 0 && self.incident_windows > self.params.relearn_after)
+    }
+
     /// Whether the window just observed may be learned by the model.
     pub fn learning_allowed(&self) -> bool {
         match self.state {
@@ -221,6 +229,22 @@ mod tests {
             })
             .collect();
         assert_eq!(allowed, vec![false, false, false, false, true, true]);
+    }
+
+    #[test]
+    fn sampling_incident_until_relearn_after() {
+        let mut a = alerter();
+        a.observe(Some(0.5));
+        assert!(!a.sampling_incident(), "quiet");
+        a.observe(Some(1.0));
+        let sampling: Vec<bool> = (0..6)
+            .map(|_| {
+                a.observe(Some(1.0));
+                a.sampling_incident()
+            })
+            .collect();
+        // relearn_after = 5: incident windows 2..=5 sample, 6 and 7 relearn.
+        assert_eq!(sampling, vec![true, true, true, true, false, false]);
     }
 
     #[test]

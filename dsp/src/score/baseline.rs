@@ -6,17 +6,27 @@
 //! shift move that one at once, where the whole window's mean moves by an eighth as much and
 //! only reaches its full change a window later. Each
 //! feature is compared with a normal fitted to the same feature over the last `history`
-//! learned windows, giving a two-sided tail probability per feature. The smallest tail, times
+//! learned windows, giving a two-sided tail probability per feature: by default the tail of
+//! the Student-t predictive distribution (n − 1 degrees of freedom for n = learned windows / `spacing`,
+//! scale √(1 + 1/n) times the sample standard deviation), which is the Gaussian's tail for a long
+//! history and heavier for a short one, where mean and variance are uncertain. The smallest tail, times
 //! the number of features (Bonferroni), is the window's p-value, and the raw score is its
 //! surprise in decades, `−log10(p) / 10`, capped to [0, 1]. Under stationary noise that is small
 //! (mean ≈ 0.04) with rare spikes; a real change pushes it to 1 within a window. A heavy-tailed
 //! score like this is what the likelihood stage calibrates well: a plain `1 − p` saturates near
 //! 1 and leaves no room between "unusual" and "never seen".
+//!
+//! A second, longer time scale (`long_windows`, default 72 windows = 288 samples at hop 4): per
+//! channel, the mean and the spread of the window means over the last `long_windows` learned
+//! windows, two more features against their own history. A 32-sample window sees a few hours of
+//! a daily cycle, so a day that went flat or lost its peak looks like another part of a normal
+//! day; over a whole cycle it does not.
+//!
 //! It is the reference every other detector is compared with in `eval`.
 
 use serde::{Deserialize, Serialize};
 
-use super::special::erfc;
+use super::special::{erfc, student_t_two_sided_tail};
 use super::RawScore;
 use crate::params::{check_range, ParamError};
 use crate::window::WindowView;
@@ -28,6 +38,27 @@ pub struct BaselineParams {
     pub history: usize,
     /// Windows needed before scores are produced (score 0 before). Range 2..=history, default 16.
     pub min_history: usize,
+    /// Tail of each feature: "normal" (the fitted Gaussian) or "student_t" (default: the
+    /// predictive distribution of a new value when mean and variance are estimated from the
+    /// history, so a short history, as right after warm-up, does not overstate surprise).
+    pub tail: BaselineTail,
+    /// Learned windows per independent observation when counting the Student-t's degrees of
+    /// freedom (overlapping windows are correlated). Range 1..=4096, default 1.
+    pub spacing: f64,
+    /// A second, longer time scale: the mean and the spread of the window means of the last
+    /// `long_windows` learned windows per channel (72 windows at hop 4 span 288 samples, a day
+    /// at 5-minute sampling), two more features against their own history, scored once that
+    /// ring was full and `max(min_history, long_windows)` windows were learned since. The
+    /// windows an incident learns by `learn_every` do not enter the ring. Range 0..=65536,
+    /// 0 = off; default 72.
+    pub long_windows: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaselineTail {
+    Normal,
+    StudentT,
 }
 
 impl Default for BaselineParams {
@@ -35,6 +66,9 @@ impl Default for BaselineParams {
         Self {
             history: 256,
             min_history: 16,
+            tail: BaselineTail::StudentT,
+            spacing: 1.0,
+            long_windows: 72,
         }
     }
 }
@@ -48,7 +82,9 @@ impl BaselineParams {
             self.min_history,
             2,
             self.history,
-        )
+        )?;
+        check_range("spacing", "in 1..=4096", self.spacing, 1.0, 4096.0)?;
+        check_range("long_windows", "in 0..=65536", self.long_windows, 0, 65_536)
     }
 }
 
@@ -65,13 +101,25 @@ pub struct BaselineScorer {
     stored: usize,
     /// Features of the window scored last, kept so `learn` does not recompute them.
     current: Vec<f64>,
+    /// Ring of the last `long_windows` window means, per channel.
+    #[serde(default)]
+    long: Vec<f64>,
+    #[serde(default)]
+    long_seen: usize,
+    /// `stored` when the ring of window means first became full.
+    #[serde(default)]
+    long_full_at: Option<usize>,
 }
 
 impl BaselineScorer {
     pub fn new(params: BaselineParams, channels: usize) -> Self {
         params.check().expect("BaselineParams must be checked");
-        let width = FEATURES_PER_CHANNEL * channels;
+        let per = FEATURES_PER_CHANNEL + if params.long_windows > 0 { 2 } else { 0 };
+        let width = per * channels;
         Self {
+            long: vec![0.0; params.long_windows * channels],
+            long_seen: 0,
+            long_full_at: None,
             ring: vec![0.0; params.history * width],
             stored: 0,
             current: vec![0.0; width],
@@ -80,12 +128,21 @@ impl BaselineScorer {
         }
     }
 
+    fn per_channel(&self) -> usize {
+        FEATURES_PER_CHANNEL + if self.params.long_windows > 0 { 2 } else { 0 }
+    }
+
     fn width(&self) -> usize {
-        FEATURES_PER_CHANNEL * self.channels
+        self.per_channel() * self.channels
     }
 
     /// Scores a window (raw values) against the learned history. Does not learn.
     pub fn score(&mut self, window: &WindowView<'_>) -> RawScore {
+        if self.current.len() != self.width()
+            || self.long.len() != self.params.long_windows * self.channels
+        {
+            self.migrate();
+        }
         for c in 0..self.channels {
             let xs = window.channel(c);
             let n = xs.len() as f64;
@@ -93,10 +150,27 @@ impl BaselineScorer {
             let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
             let recent = (xs.len() / 8).max(1);
             let recent_mean = xs[xs.len() - recent..].iter().sum::<f64>() / recent as f64;
-            self.current[FEATURES_PER_CHANNEL * c] = mean;
-            self.current[FEATURES_PER_CHANNEL * c + 1] = var.sqrt();
-            self.current[FEATURES_PER_CHANNEL * c + 2] = recent_mean;
+            let per = self.per_channel();
+            self.current[per * c] = mean;
+            self.current[per * c + 1] = var.sqrt();
+            self.current[per * c + 2] = recent_mean;
+            let d = self.params.long_windows;
+            if d > 0 {
+                // The newest window replaces the oldest learned one of the ring.
+                let slot = self.long_seen % d;
+                let have = (self.long_seen + 1).min(d);
+                let (mut s1, mut s2) = (mean, mean * mean);
+                for i in (0..have).filter(|&i| i != slot) {
+                    let v = self.long[i * self.channels + c];
+                    s1 += v;
+                    s2 += v * v;
+                }
+                let m = s1 / have as f64;
+                self.current[per * c + 3] = m;
+                self.current[per * c + 4] = (s2 / have as f64 - m * m).max(0.0).sqrt();
+            }
         }
+
         let have = self.stored.min(self.params.history);
         if have < self.params.min_history {
             return RawScore {
@@ -105,10 +179,28 @@ impl BaselineScorer {
             };
         }
         let width = self.width();
-        let (mut min_tail, mut channel) = (1.0f64, 0);
+        let per = self.per_channel();
+        // The long features are comparable only once their ring was full: their history is
+        // the windows learned since then (the newest `long_have` rows of the ring).
+        let long_have = self
+            .long_full_at
+            .map_or(0, |at| (self.stored - at).min(self.params.history));
+        let (mut min_tail, mut channel, mut scored) = (1.0f64, 0, 0usize);
         for f in 0..width {
+            let long = f % per >= FEATURES_PER_CHANNEL;
+            if long && long_have < self.params.min_history.max(self.params.long_windows) {
+                continue;
+            }
+            scored += 1;
             let (mut sum, mut sum_sq) = (0.0, 0.0);
-            for row in 0..have {
+            let have = if long { long_have } else { have };
+            let newest = self.stored + self.params.history - 1;
+            for j in 0..have {
+                let row = if long {
+                    (newest - j) % self.params.history
+                } else {
+                    j
+                };
                 let v = self.ring[row * width + f];
                 sum += v;
                 sum_sq += v * v;
@@ -119,25 +211,82 @@ impl BaselineScorer {
             // only a change that matters in relative terms scores high.
             let std = var.sqrt().max(1e-9).max(1e-6 * mean.abs());
             let z = (self.current[f] - mean) / std;
-            let tail = erfc(z.abs() / std::f64::consts::SQRT_2);
+            let tail = match self.params.tail {
+                BaselineTail::Normal => erfc(z.abs() / std::f64::consts::SQRT_2),
+                BaselineTail::StudentT => {
+                    let n = (have as f64 / self.params.spacing).max(2.0);
+                    let t = z * (n - 1.0).sqrt() / (n + 1.0).sqrt();
+                    student_t_two_sided_tail(t, n - 1.0)
+                }
+            };
             if tail < min_tail {
                 min_tail = tail;
-                channel = f / FEATURES_PER_CHANNEL;
+                channel = f / per;
             }
         }
-        let p = (min_tail * width as f64).clamp(f64::MIN_POSITIVE, 1.0);
+        let p = (min_tail * scored as f64).clamp(f64::MIN_POSITIVE, 1.0);
         RawScore {
             score: (-p.log10() / SURPRISE_DECADES).clamp(0.0, 1.0),
             channel,
         }
     }
 
+    /// Reshapes a scorer restored from a checkpoint written before the long time scale
+    /// existed (three features per channel): the learned short features are kept, the long
+    /// ones start empty and are scored once their ring has filled again.
+    fn migrate(&mut self) {
+        let (old, new) = (
+            self.current.len() / self.channels.max(1),
+            self.per_channel(),
+        );
+        let rows = self.params.history;
+        let mut ring = vec![0.0; rows * new * self.channels];
+        if self.ring.len() == rows * old * self.channels {
+            for r in 0..rows {
+                for c in 0..self.channels {
+                    for f in 0..old.min(new) {
+                        ring[(r * self.channels + c) * new + f] =
+                            self.ring[(r * self.channels + c) * old + f];
+                    }
+                }
+            }
+        }
+        self.ring = ring;
+        self.current = vec![0.0; new * self.channels];
+        self.long = vec![0.0; self.params.long_windows * self.channels];
+        self.long_seen = 0;
+        self.long_full_at = None;
+    }
+
     /// Adds the features of the window scored last to the history.
     pub fn learn(&mut self) {
+        self.learn_window(true);
+    }
+
+    /// Learns the window scored last while an incident is open (by the alert policy): its
+    /// features join the history, but its mean does not enter the long time scale's ring, so
+    /// an incident's few learned windows do not keep the long features raised after it ends.
+    pub fn learn_in_incident(&mut self) {
+        self.learn_window(false);
+    }
+
+    fn learn_window(&mut self, long: bool) {
         let width = self.width();
         let row = self.stored % self.params.history;
         self.ring[row * width..(row + 1) * width].copy_from_slice(&self.current);
         self.stored += 1;
+        let d = self.params.long_windows;
+        if d > 0 && long {
+            let per = self.per_channel();
+            let slot = self.long_seen % d;
+            for c in 0..self.channels {
+                self.long[slot * self.channels + c] = self.current[per * c];
+            }
+            self.long_seen += 1;
+            if self.long_seen == d {
+                self.long_full_at = Some(self.stored);
+            }
+        }
     }
 }
 
@@ -213,7 +362,158 @@ mod tests {
         assert_eq!(s.channel, 1);
         // The third feature of channel 1 is the mean of its newest 32 / 8 = 4 samples.
         let newest = spiked[2 * len - 4..].iter().sum::<f64>() / 4.0;
-        assert!((b.current[FEATURES_PER_CHANNEL + 2] - newest).abs() < 1e-12);
+        assert!((b.current[b.per_channel() + 2] - newest).abs() < 1e-12);
+    }
+
+    #[test]
+    fn student_t_tail_is_cautious_on_a_short_history_and_normal_on_a_long_one() {
+        let params = |tail| BaselineParams {
+            tail,
+            ..BaselineParams::default()
+        };
+        let mut t = BaselineScorer::new(params(BaselineTail::StudentT), 1);
+        let mut g = BaselineScorer::new(params(BaselineTail::Normal), 1);
+        let window = |i: usize| -> Vec<f64> {
+            (0..8)
+                .map(|j| ((i * 8 + j) as f64 * 0.7).sin() + 0.3 * ((i * 13 + j * 7) % 11) as f64)
+                .collect()
+        };
+        let shifted = |i: usize| -> Vec<f64> { window(i).iter().map(|v| v + 0.5).collect() };
+        let mut checked = 0;
+        for i in 0..300 {
+            let (st, sg) = (
+                t.score(&view(&shifted(i))).score,
+                g.score(&view(&shifted(i))).score,
+            );
+            t.score(&view(&window(i)));
+            g.score(&view(&window(i)));
+            if (16..40).contains(&i) {
+                // A short history: the same outlier is less surprising under the t.
+                assert!(st < sg, "window {i}: t {st} normal {sg}");
+                checked += 1;
+            }
+            if i == 299 {
+                // 256 windows of history: 255 degrees of freedom, within 10 % of the normal.
+                assert!(sg > 0.2 && (st - sg).abs() < 0.1 * sg, "t {st} normal {sg}");
+            }
+            t.learn();
+            g.learn();
+        }
+        assert_eq!(checked, 24);
+        let bad = BaselineParams {
+            spacing: 0.5,
+            ..BaselineParams::default()
+        };
+        assert!(bad.check().is_err());
+    }
+
+    /// Windows of 8 samples whose level follows a slow cycle of `period` windows (a "day"),
+    /// plus deterministic noise; `amplitude` scales the cycle.
+    fn cycle_window(i: usize, period: usize, amplitude: f64) -> Vec<f64> {
+        let phase = 2.0 * std::f64::consts::PI * i as f64 / period as f64;
+        (0..8)
+            .map(|j| amplitude * phase.sin() + 0.2 * (((i * 8 + j) * 37 % 17) as f64 / 17.0 - 0.5))
+            .collect()
+    }
+
+    #[test]
+    fn the_long_time_scale_sees_a_cycle_that_went_flat() {
+        // A cycle of 72 windows runs for 6 cycles, then stays at its mean level (the cycle's
+        // amplitude drops to 0, like NAB's art_daily_flatmiddle). Every flat window is inside
+        // the range of the normal window features (its mean is a level the cycle crosses), so
+        // only the spread of the window means over the long ring changes.
+        let run = |long_windows: usize| -> (f64, f64) {
+            let mut b = BaselineScorer::new(
+                BaselineParams {
+                    long_windows,
+                    ..BaselineParams::default()
+                },
+                1,
+            );
+            let (mut before, mut after) = (0.0f64, 0.0f64);
+            for i in 0..72 * 9 {
+                let amplitude = if i < 72 * 6 { 1.0 } else { 0.0 };
+                let s = b.score(&view(&cycle_window(i, 72, amplitude))).score;
+                if (72 * 4..72 * 6).contains(&i) {
+                    before = before.max(s);
+                } else if i >= 72 * 6 {
+                    after = after.max(s);
+                }
+                if s < 0.5 {
+                    b.learn();
+                }
+            }
+            (before, after)
+        };
+        let (before, after) = run(72);
+        assert!(before < 0.5, "a normal cycle alarmed: {before}");
+        assert!(after >= 0.5, "the flat cycle was not seen: {after}");
+        let (before, after) = run(0);
+        assert!(
+            before < 0.5 && after < 0.5,
+            "short scale alone: {before} {after}"
+        );
+    }
+
+    #[test]
+    fn long_features_wait_for_a_full_ring_and_stay_out_of_incident_learning() {
+        let mut b = BaselineScorer::new(BaselineParams::default(), 1);
+        for i in 0..72 {
+            b.score(&view(&cycle_window(i, 72, 1.0)));
+            b.learn();
+        }
+        assert_eq!(b.long_full_at, Some(72));
+        let seen = b.long_seen;
+        b.score(&view(&cycle_window(72, 72, 1.0)));
+        b.learn_in_incident();
+        assert_eq!(
+            b.long_seen, seen,
+            "an incident window entered the long ring"
+        );
+        assert_eq!(b.stored, 73, "but its features were learned");
+    }
+
+    #[test]
+    fn a_scorer_from_before_the_long_scale_is_reshaped_keeping_its_history() {
+        let mut b = BaselineScorer::new(
+            BaselineParams {
+                long_windows: 0,
+                ..BaselineParams::default()
+            },
+            2,
+        );
+        let two = |i: usize| -> Vec<f64> {
+            let mut v = cycle_window(i, 72, 1.0);
+            v.extend(cycle_window(i + 5, 72, 2.0));
+            v
+        };
+        for i in 0..100 {
+            b.score(&WindowView {
+                start_ms: 0,
+                end_ms: 0,
+                len: 8,
+                channels: 2,
+                values: &two(i),
+            });
+            b.learn();
+        }
+        let old_row: Vec<f64> = b.ring[..6].to_vec();
+        // As a checkpoint of the old layout restores: the parameters say 72 (their default).
+        b.params.long_windows = 72;
+        let s = b.score(&WindowView {
+            start_ms: 0,
+            end_ms: 0,
+            len: 8,
+            channels: 2,
+            values: &two(100),
+        });
+        assert!(s.score.is_finite());
+        assert_eq!(b.ring.len(), 256 * 10);
+        assert_eq!(&b.ring[..3], &old_row[..3]);
+        assert_eq!(&b.ring[5..8], &old_row[3..6]);
+        assert_eq!(b.long_full_at, None);
+        b.learn();
+        assert_eq!(b.stored, 101);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod residual;
 mod special;
 
 pub use alert::{AlertParams, AlertState, AlertStep, Alerter};
-pub use baseline::{BaselineParams, BaselineScorer};
+pub use baseline::{BaselineParams, BaselineScorer, BaselineTail};
 pub use likelihood::{AnomalyLikelihood, LikelihoodParams, LikelihoodScale};
 pub use memory::{MemoryDetectorParams, MemoryScorer};
 pub use residual::{ResidualParams, ResidualScorer};
