@@ -94,6 +94,16 @@ pub fn options(v: &ValidSettings, started_at_ms: i64) -> MqttOptions {
     o
 }
 
+/// Socket options: TCP_NODELAY, so a packet the daemon writes (an anomaly event, a PUBACK,
+/// a code) leaves at once instead of waiting (Nagle) for the broker to acknowledge what was
+/// sent before; with QoS 0 input the broker sends nothing back for long stretches, its ACKs
+/// wait for the delayed-ACK timer (40 ms on Linux), and every event would wait with them.
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
 /// Whether the workers acknowledge messages (QoS 1 subscriptions); at QoS 0 there is nothing
 /// to acknowledge.
 pub fn manual_acks(v: &ValidSettings) -> bool {
