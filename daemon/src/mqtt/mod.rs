@@ -692,16 +692,17 @@ pub async fn publish_outbound(
         }
         let mut retry: Option<tokio::time::Instant> = None;
         if let Some(conn) = link.current() {
-            let sent = if status_on != Some(conn) {
+            let mut sent = Ok(());
+            if status_on != Some(conn) {
                 let topic = status_topic(&settings);
-                let r = link.try_publish(&client, conn, Tag::Status, topic, true, online.clone());
-                if r.is_ok() {
+                sent = link.try_publish(&client, conn, Tag::Status, topic, true, online.clone());
+                if sent.is_ok() {
                     status_on = Some(conn);
                 }
-                r
-            } else {
-                publish_window(&settings, &client, &link, conn, &mut outbox, &metrics)
-            };
+            }
+            if status_on == Some(conn) {
+                sent = publish_window(&settings, &client, &link, conn, &mut outbox, &metrics);
+            }
             if sent == Err(NotPublished::QueueFull) {
                 retry = Some(tokio::time::Instant::now() + QUEUE_FULL_RETRY);
             }
