@@ -13,6 +13,13 @@
 //! fsync, rename) with only the undelivered events; if those alone do not fit, the oldest are
 //! dropped and counted. With `output.buffer.fsync` every record is fsynced before the call
 //! returns.
+//!
+//! Several events can be in flight at once (handed to the MQTT client, PUBACK awaited): the
+//! publisher takes the oldest event not in flight with [`Outbox::next_unsent`], marks it
+//! sent, and removes each one by id when its PUBACK comes, in whatever order the PUBACKs
+//! come ([`Outbox::complete`]). A publish lost with its session goes back to "not in flight"
+//! ([`Outbox::resend`]) and, being older than every event not yet sent, goes out again
+//! before them, so the events of a key reach the broker in the order they were produced.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -32,6 +39,9 @@ pub struct Entry {
     /// The connection (counted from 1) that was up when the event entered, if any. An event
     /// published on another connection is late and flagged `delayed`.
     pub connection: Option<u64>,
+    /// Handed to the MQTT client and not yet acknowledged (not persisted: after a restart
+    /// every event goes out again).
+    pub in_flight: bool,
 }
 
 // A record lives only while one spool line is written or read, never in a collection, so
@@ -112,6 +122,7 @@ impl Outbox {
                 id,
                 event,
                 connection: None,
+                in_flight: false,
             });
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -138,10 +149,6 @@ impl Outbox {
 
     pub fn front(&self) -> Option<&Entry> {
         self.items.front()
-    }
-
-    pub fn front_mut(&mut self) -> Option<&mut Entry> {
-        self.items.front_mut()
     }
 
     /// Adds an event at the back, unless the outbox is full. `connection` is the connection
@@ -175,25 +182,63 @@ impl Outbox {
             id,
             event,
             connection,
+            in_flight: false,
         });
         Ok(result)
     }
 
-    /// Removes the event `id`, which the broker acknowledged, if it is still the front one.
-    /// While its publish waited for the PUBACK, the spool file's bound may have dropped it
-    /// (it was the oldest, see [`Outbox::push`]); then nothing is removed and `None` comes
-    /// back, so an acknowledgement never removes the next, unpublished event.
-    pub fn complete(&mut self, id: u64) -> std::io::Result<Option<Entry>> {
-        if self.items.front().is_some_and(|e| e.id == id) {
-            self.pop_front()
-        } else {
-            Ok(None)
+    /// The oldest event not in flight, to be published next.
+    pub fn next_unsent(&mut self) -> Option<&mut Entry> {
+        self.items.iter_mut().find(|e| !e.in_flight)
+    }
+
+    /// Events handed to the client whose PUBACK has not come.
+    pub fn in_flight(&self) -> usize {
+        self.items.iter().filter(|e| e.in_flight).count()
+    }
+
+    /// The publish of event `id` was lost with its session (or refused): it is no longer in
+    /// flight and goes out again, flagged `delayed` (it is late now). False when the event is
+    /// gone (the spool file's bound dropped it).
+    pub fn resend(&mut self, id: u64) -> bool {
+        match self.position(id) {
+            Some(i) => {
+                let e = &mut self.items[i];
+                e.in_flight = false;
+                e.event.set_delayed(true);
+                true
+            }
+            None => false,
         }
     }
 
-    /// Removes the front event: the broker acknowledged it.
+    /// Where event `id` is (ids increase from front to back).
+    fn position(&self, id: u64) -> Option<usize> {
+        let i = self.items.partition_point(|e| e.id < id);
+        (self.items.get(i)?.id == id).then_some(i)
+    }
+
+    /// Removes the event `id`, which the broker acknowledged, wherever it is (PUBACKs of
+    /// events in flight may come in any order). While its publish waited for the PUBACK, the
+    /// spool file's bound may have dropped it (the oldest go first, see [`Outbox::push`]);
+    /// then nothing is removed and `None` comes back, so an acknowledgement never removes an
+    /// event it does not name.
+    pub fn complete(&mut self, id: u64) -> std::io::Result<Option<Entry>> {
+        match self.position(id) {
+            Some(i) => self.remove_at(i),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the front event (tests: the broker acknowledged it).
+    #[cfg(test)]
     fn pop_front(&mut self) -> std::io::Result<Option<Entry>> {
-        let Some(entry) = self.items.pop_front() else {
+        self.remove_at(0)
+    }
+
+    /// Removes the event at `i` (acknowledged) and records it as done in the spool file.
+    fn remove_at(&mut self, i: usize) -> std::io::Result<Option<Entry>> {
+        let Some(entry) = self.items.remove(i) else {
             return Ok(None);
         };
         if let Some(spool) = self.spool.as_mut() {
@@ -444,5 +489,103 @@ mod tests {
             reloaded.items.iter().map(|e| e.id).collect::<Vec<_>>(),
             o.items.iter().map(|e| e.id).collect::<Vec<_>>()
         );
+    }
+
+    /// Marks the next unsent event in flight, as the publisher does; returns its id.
+    fn send_next(o: &mut Outbox) -> u64 {
+        let e = o.next_unsent().expect("an unsent event");
+        e.in_flight = true;
+        e.id
+    }
+
+    fn keys(o: &Outbox) -> Vec<String> {
+        o.items.iter().map(|e| e.event.key().to_string()).collect()
+    }
+
+    #[test]
+    fn out_of_order_acknowledgements_remove_exactly_the_named_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 10, 1 << 20);
+        let (mut o, _) = Outbox::open(&s).unwrap();
+        for k in ["a", "b", "c", "d"] {
+            o.push(event(k), Some(1)).unwrap();
+        }
+        let ids: Vec<u64> = (0..3).map(|_| send_next(&mut o)).collect();
+        assert_eq!(o.in_flight(), 3);
+        assert_eq!(o.next_unsent().unwrap().event.key(), "d");
+        // PUBACKs for c, then a; b still awaited.
+        assert_eq!(o.complete(ids[2]).unwrap().unwrap().event.key(), "c");
+        assert_eq!(o.complete(ids[0]).unwrap().unwrap().event.key(), "a");
+        assert_eq!(
+            o.complete(ids[0]).unwrap(),
+            None,
+            "a second PUBACK removes nothing"
+        );
+        assert_eq!(keys(&o), ["b", "d"]);
+        assert_eq!(o.in_flight(), 1);
+        // The spool file agrees: a restart brings back b and d only.
+        drop(o);
+        let (o, restored) = Outbox::open(&s).unwrap();
+        assert_eq!(restored, 2);
+        assert_eq!(keys(&o), ["b", "d"]);
+        assert_eq!(o.in_flight(), 0, "nothing is in flight after a restart");
+    }
+
+    /// Three events in flight when the session is lost: they go out again, flagged delayed,
+    /// before the event that was never sent, so the order of the events is kept.
+    #[test]
+    fn events_lost_with_their_session_go_out_again_first_and_delayed() {
+        let mut o = Outbox::in_memory(10);
+        for k in ["a", "b", "c", "d"] {
+            o.push(event(k), Some(1)).unwrap();
+        }
+        let ids: Vec<u64> = (0..3).map(|_| send_next(&mut o)).collect();
+        // b was acknowledged before the connection dropped; a and c were not.
+        o.complete(ids[1]).unwrap().unwrap();
+        assert!(o.resend(ids[2]));
+        assert!(o.resend(ids[0]));
+        assert_eq!(o.in_flight(), 0);
+        let again: Vec<(String, bool)> = (0..3)
+            .map(|_| {
+                let e = o.next_unsent().unwrap();
+                e.in_flight = true;
+                (e.event.key().to_string(), e.event.delayed())
+            })
+            .collect();
+        assert_eq!(
+            again,
+            [("a".into(), true), ("c".into(), true), ("d".into(), false)]
+        );
+        assert!(o.next_unsent().is_none());
+    }
+
+    /// The spool file's bound drops the oldest events while several are in flight: their
+    /// PUBACKs (or their loss) later must touch nothing else, and the events still in
+    /// flight complete normally.
+    #[test]
+    fn the_spool_bound_with_several_events_in_flight_drops_only_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = spooled_event_bytes();
+        let s = settings(dir.path(), 100, one * 3 + one / 2);
+        let (mut o, _) = Outbox::open(&s).unwrap();
+        for k in ["a", "b", "c"] {
+            o.push(event(k), Some(1)).unwrap();
+        }
+        let ids: Vec<u64> = (0..3).map(|_| send_next(&mut o)).collect();
+        let r = o.push(event("d"), None).unwrap();
+        let r2 = o.push(event("e"), None).unwrap();
+        assert_eq!(r.dropped_oldest + r2.dropped_oldest, 2, "a and b dropped");
+        assert_eq!(keys(&o), ["c", "d", "e"]);
+        assert!(std::fs::metadata(&s.file).unwrap().len() <= s.max_file_bytes);
+        // The PUBACK of dropped a, the loss of dropped b: nothing changes.
+        assert_eq!(o.complete(ids[0]).unwrap(), None);
+        assert!(!o.resend(ids[1]));
+        assert_eq!(keys(&o), ["c", "d", "e"]);
+        assert_eq!(o.in_flight(), 1, "c is still in flight");
+        assert_eq!(o.next_unsent().unwrap().event.key(), "d");
+        assert_eq!(o.complete(ids[2]).unwrap().unwrap().event.key(), "c");
+        let (reloaded, restored) = Outbox::open(&s).unwrap();
+        assert_eq!(restored, 2);
+        assert_eq!(keys(&reloaded), ["d", "e"]);
     }
 }

@@ -150,10 +150,11 @@ pub async fn run_service(
             "undelivered events of a previous run restored from the spool file"
         );
     }
-    let (client, eventloop) = AsyncClient::new(
+    let (client, mut eventloop) = AsyncClient::new(
         mqtt::options(&settings, started_at_ms),
         s.mqtt.request_queue,
     );
+    eventloop.set_network_options(mqtt::network_options());
     let acker = Acker::new(client.clone(), metrics.clone());
     // Codes have their own queue so a flood of them can never push an anomaly event out of
     // the output queue (they do share the MQTT client's request queue; codes are only queued

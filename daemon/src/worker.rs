@@ -321,6 +321,15 @@ pub fn owner(key: &str, workers: usize) -> usize {
     (h.finish() % workers as u64) as usize
 }
 
+/// The seed of `key`'s learning stagger ([`Pipeline::with_learning_stagger`]): FNV-1a (64
+/// bit) of the key's bytes, a fixed function, so every build, the daemon and `replay
+/// --offline` give a key the same learning schedule (std's hasher promises no stable output).
+pub fn learning_stagger(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 struct Stream {
     channel_names: Vec<String>,
     values: Vec<f64>,
@@ -605,7 +614,7 @@ impl Worker {
         // its channel count, which only the first sample tells (residual and memory need
         // window_len × channels ≤ coding.max_dim).
         let pipeline = match Pipeline::try_new(&self.ctx.pipeline, channels) {
-            Ok(p) => p,
+            Ok(p) => p.with_learning_stagger(learning_stagger(&r.key)),
             Err(e) => {
                 count.fetch_sub(1, Ordering::Relaxed);
                 Metrics::inc(&m.refused_streams);
@@ -687,6 +696,37 @@ mod tests {
             ts_ms: ts,
             channels: vec![("a".into(), v), ("b".into(), -v)],
         }
+    }
+
+    #[test]
+    fn the_learning_stagger_is_fnv1a_of_the_key_and_spreads_keys_evenly() {
+        // The published FNV-1a 64 test vectors: the seed must never change across builds.
+        assert_eq!(learning_stagger(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(learning_stagger("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(learning_stagger("foobar"), 0x8594_4171_f739_67e8);
+        // Keys like the load generator's: every residue of a minibatch of 32 is used, none
+        // by more than twice its share.
+        let mut per_offset = [0usize; 32];
+        for k in 0..1000 {
+            per_offset[(learning_stagger(&format!("t/load/k{k}")) % 32) as usize] += 1;
+        }
+        assert!(
+            per_offset.iter().all(|&n| n > 0 && n <= 2 * 1000 / 32),
+            "{per_offset:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_stream_gets_the_learning_stagger_of_its_key() {
+        let (c, _rx) = ctx(2);
+        let mut w = Worker::new(c);
+        w.handle(reading("plant/pump-7", 0, 1.0));
+        let p = &w.streams["plant/pump-7"].pipeline;
+        let b = p.dictionary().unwrap().minibatch() as u64;
+        assert_eq!(
+            p.learning_stagger_left() as u64,
+            learning_stagger("plant/pump-7") % b
+        );
     }
 
     #[test]

@@ -329,6 +329,10 @@ pub struct Pipeline {
     /// Whether the last window raised a detection (what [`Pipeline::explanation`] explains).
     #[serde(default)]
     onset: bool,
+    /// Windows still to leave out of the dictionary before its first minibatch (see
+    /// [`Pipeline::with_learning_stagger`]); absent in checkpoints older than it (0).
+    #[serde(default)]
+    stagger_left: usize,
 }
 
 impl Pipeline {
@@ -386,7 +390,36 @@ impl Pipeline {
             counters: PipelineCounters::default(),
             onset: false,
             params: p,
+            stagger_left: 0,
         })
+    }
+
+    /// Spreads the dictionary learning steps of many streams over time: the first
+    /// `seed mod b` windows this stream learns from are left out of its dictionary (b = the
+    /// minibatch), so its steps come that many windows later than those of a stream with
+    /// seed 0. Streams fed round-robin would otherwise all fill a minibatch, and each run an
+    /// O(n³) step, within the same few milliseconds, a burst that outlasts a worker's queue.
+    /// Deterministic in `seed`: the daemon and the offline replay derive it from the sensor
+    /// key with the same fixed hash, so they agree. Only the dictionary (codes, and the
+    /// residual and memory detectors) is shifted; the baseline scorer learns every window.
+    /// No effect without a dictionary.
+    ///
+    /// # Panics
+    /// If the pipeline has already completed a window.
+    pub fn with_learning_stagger(mut self, seed: u64) -> Self {
+        assert_eq!(
+            self.counters.windows, 0,
+            "the learning stagger is set before the first window"
+        );
+        if let Some(c) = &self.codes {
+            self.stagger_left = (seed % c.dictionary.minibatch() as u64) as usize;
+        }
+        self
+    }
+
+    /// Windows still to be left out of the dictionary by the learning stagger.
+    pub fn learning_stagger_left(&self) -> usize {
+        self.stagger_left
     }
 
     /// The sparse code of the last completed window, when the stream has a dictionary.
@@ -543,7 +576,11 @@ impl Pipeline {
         if learned {
             self.scorer.learn(self.alerter.sampling_incident());
             if let Some(c) = &mut self.codes {
-                c.dictionary.learn_with(&self.normalised, scratch);
+                if self.stagger_left > 0 {
+                    self.stagger_left -= 1;
+                } else {
+                    c.dictionary.learn_with(&self.normalised, scratch);
+                }
             }
         }
         let index = self.counters.windows;
@@ -900,5 +937,59 @@ mod tests {
         let mut p = PipelineParams::default();
         p.memory.sdr.max_fill = 0.0;
         assert!(p.check().unwrap_err().field.starts_with("memory.sdr."));
+    }
+
+    /// Window index at which each dictionary version first appears.
+    fn version_changes(p: &mut Pipeline, samples: usize) -> Vec<u64> {
+        let mut last = 0;
+        let mut changes = vec![];
+        for (t, v) in noise(21).take(samples).enumerate() {
+            if let Some(r) = p.push(Sample::new(t as i64 * 1000, &v).unwrap()).report {
+                let version = p.dictionary().unwrap().version();
+                if version != last {
+                    changes.push(r.index);
+                    last = version;
+                }
+            }
+        }
+        changes
+    }
+
+    #[test]
+    fn the_learning_stagger_delays_every_dictionary_step_by_the_seed_mod_b() {
+        let params = PipelineParams::default().check().unwrap();
+        let b = Pipeline::new(&params, 2).dictionary().unwrap().minibatch();
+        assert_eq!(b, 64, "the default minibatch of a 2 × 32 window");
+        let mut plain = Pipeline::new(&params, 2);
+        // seed ≡ 5 (mod 64): five windows later.
+        let mut late = Pipeline::new(&params, 2).with_learning_stagger(3 * 64 + 5);
+        assert_eq!(late.learning_stagger_left(), 5);
+        let a = version_changes(&mut plain, 2000);
+        let c = version_changes(&mut late, 2000);
+        assert!(a.len() >= 5, "steps: {a:?}");
+        assert_eq!(
+            a[0],
+            b as u64 - 1,
+            "the first step completes the first minibatch"
+        );
+        let shifted: Vec<u64> = a.iter().map(|i| i + 5).take(c.len()).collect();
+        assert_eq!(c, shifted, "every step five windows later");
+        assert_eq!(late.learning_stagger_left(), 0);
+        // Deterministic in the seed, and a multiple of b is no stagger at all.
+        let mut again = Pipeline::new(&params, 2).with_learning_stagger(3 * 64 + 5);
+        assert_eq!(version_changes(&mut again, 2000), c);
+        assert!(again == late, "same seed, same state");
+        let mut whole = Pipeline::new(&params, 2).with_learning_stagger(128);
+        assert_eq!(version_changes(&mut whole, 2000), a);
+    }
+
+    #[test]
+    fn a_checkpoint_without_the_stagger_field_restores_with_none_left() {
+        let params = PipelineParams::default().check().unwrap();
+        let p = Pipeline::new(&params, 2).with_learning_stagger(7);
+        let mut v = serde_json::to_value(&p).unwrap();
+        v.as_object_mut().unwrap().remove("stagger_left").unwrap();
+        let old: Pipeline = serde_json::from_value(v).unwrap();
+        assert_eq!(old.learning_stagger_left(), 0);
     }
 }

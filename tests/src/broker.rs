@@ -41,6 +41,11 @@ pub struct BrokerOptions {
     /// listener (`per_listener_settings true`), so the first listener stays plain and
     /// anonymous for the test's own clients.
     pub second_listener: Option<String>,
+    /// `set_tcp_nodelay true`: the broker writes every packet at once instead of holding
+    /// small ones back (Nagle) until the peer acknowledges what it sent before. On a one-way
+    /// flow such as QoS 0 input (the receiver sends nothing back to carry its ACKs, so they
+    /// wait for the delayed-ACK timer, 40 ms on Linux) Nagle batches it into 40 ms steps.
+    pub tcp_nodelay: bool,
 }
 
 impl Mosquitto {
@@ -173,6 +178,9 @@ impl Mosquitto {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             extra.push_str("user root\n");
+        }
+        if options.tcp_nodelay {
+            extra.push_str("set_tcp_nodelay true\n");
         }
         std::fs::write(
             &conf,

@@ -80,6 +80,7 @@ pub fn options(v: &ValidSettings, started_at_ms: i64) -> MqttOptions {
     o.set_keep_alive(Duration::from_secs(s.mqtt.keep_alive_secs));
     o.set_clean_session(!s.mqtt.persistent_session);
     o.set_manual_acks(manual_acks(v));
+    o.set_inflight(CLIENT_INFLIGHT);
     let max_packet = s.mqtt.max_payload_bytes + PACKET_OVERHEAD;
     o.set_max_packet_size(max_packet, max_packet);
     let offline = StatusMessage::new(&s.node.id, false, started_at_ms).to_json();
@@ -91,6 +92,16 @@ pub fn options(v: &ValidSettings, started_at_ms: i64) -> MqttOptions {
     ));
     v.mqtt_security.apply(&mut o);
     o
+}
+
+/// Socket options: TCP_NODELAY, so a packet the daemon writes (an anomaly event, a PUBACK,
+/// a code) leaves at once instead of waiting (Nagle) for the broker to acknowledge what was
+/// sent before; with QoS 0 input the broker sends nothing back for long stretches, its ACKs
+/// wait for the delayed-ACK timer (40 ms on Linux), and every event would wait with them.
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
 }
 
 /// Whether the workers acknowledge messages (QoS 1 subscriptions); at QoS 0 there is nothing
@@ -200,77 +211,186 @@ impl Acker {
     }
 }
 
+/// How many events the publisher keeps in flight (handed to the client, PUBACK awaited). A
+/// burst of events (a fault seen by many keys at once) then costs about one broker round
+/// trip instead of one per event. Below [`CLIENT_INFLIGHT`] with room for the "online"
+/// status, so rumqttc's own in-flight window never fills: when it does, rumqttc stops taking
+/// requests, and the workers' PUBACKs, queued behind in the same request queue, would wait.
+pub const EVENTS_IN_FLIGHT: usize = 64;
+
+/// rumqttc's window of QoS 1 publishes awaiting their PUBACK (its packet ids are 1..=this).
+const CLIENT_INFLIGHT: u16 = 100;
+
+const _: () = assert!(EVENTS_IN_FLIGHT < CLIENT_INFLIGHT as usize);
+
 /// What the publisher needs to know about the connection, shared with the ingest task: which
-/// connection is up, and the fate of the one QoS 1 publish it has outstanding.
+/// connection is up, and the fate of the QoS 1 publishes it has outstanding ([`Tracker`]).
 #[derive(Default)]
 pub struct Link {
     state: Mutex<LinkState>,
     changed: Notify,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default)]
 struct LinkState {
     connected: bool,
     /// Connections established so far (the current one's number while connected).
     connection: u64,
-    /// Whether the broker resumed the session on the current connection.
-    session_present: bool,
-    track: Track,
+    tracker: Tracker,
 }
 
-/// The publisher's one outstanding QoS 1 publish. The publisher is the only source of QoS 1
-/// publishes while it runs and sends one at a time, so the next `Outgoing::Publish` with a
-/// packet id is it, and the PUBACK with that id confirms it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Track {
-    #[default]
-    Idle,
-    Queued,
-    Sent(u16),
-    Acked,
+/// What one of the publisher's QoS 1 publishes carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// The retained "online" status.
+    Status,
+    /// The outbox event with this id.
+    Event(u64),
+}
+
+/// The publisher's QoS 1 publishes from the moment they are handed to the client until the
+/// broker's PUBACK, matched to rumqttc's packet ids. The publisher is the only source of QoS
+/// 1 publishes while it runs, and rumqttc assigns packet ids in request order, so the next
+/// `Outgoing::Publish` with a new packet id is the oldest publish queued. A packet id already
+/// on the wire is a retransmission after a resumed session (rumqttc sends those itself, with
+/// their ids, before anything new); an id is free again only after its PUBACK, which the
+/// event loop reports before any publish that reuses it. When a new session starts, rumqttc
+/// drops every publish of the old one (sent or still queued): those are lost and go out
+/// again. Pure bookkeeping, driven by the ingest task's events; the publisher collects the
+/// outcomes with [`Tracker::take_settled`].
+#[derive(Debug, Default)]
+pub struct Tracker {
+    /// Handed to the client, no packet id yet, in request order.
+    queued: VecDeque<Tag>,
+    /// On the wire: packet id → publish.
+    sent: std::collections::HashMap<u16, Tag>,
+    /// Acknowledged by the broker, for the publisher.
+    acked: Vec<Tag>,
+    /// Lost with their session, for the publisher to send again.
+    lost: Vec<Tag>,
+}
+
+impl Tracker {
+    /// A publish was handed to the client.
+    pub fn queue(&mut self, tag: Tag) {
+        self.queued.push_back(tag);
+    }
+
+    /// Publishes handed to the client and not yet acknowledged or lost.
+    pub fn outstanding(&self) -> usize {
+        self.queued.len() + self.sent.len()
+    }
+
+    /// The event loop wrote a QoS 1 PUBLISH with packet id `pkid`.
+    pub fn on_sent(&mut self, pkid: u16) {
+        if self.sent.contains_key(&pkid) {
+            return; // sent again on a resumed session
+        }
+        if let Some(tag) = self.queued.pop_front() {
+            self.sent.insert(pkid, tag);
+        }
+    }
+
+    /// The broker acknowledged packet id `pkid`.
+    pub fn on_puback(&mut self, pkid: u16) {
+        if let Some(tag) = self.sent.remove(&pkid) {
+            self.acked.push(tag);
+        }
+    }
+
+    /// A connection came up. Without the old session every outstanding publish is lost;
+    /// with it, rumqttc sends them all again (the sent ones with their packet ids).
+    pub fn on_connect(&mut self, session_present: bool) {
+        if !session_present {
+            self.lost.extend(self.queued.drain(..));
+            self.lost.extend(self.sent.drain().map(|(_, tag)| tag));
+        }
+    }
+
+    /// Acknowledged and lost publishes since the last call.
+    pub fn take_settled(&mut self) -> (Vec<Tag>, Vec<Tag>) {
+        (
+            std::mem::take(&mut self.acked),
+            std::mem::take(&mut self.lost),
+        )
+    }
+}
+
+/// Why [`Link::try_publish`] did not hand a publish to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotPublished {
+    /// Connection `conn` is no longer up.
+    Disconnected,
+    /// The client's request queue is full.
+    QueueFull,
 }
 
 impl Link {
-    fn update(&self, f: impl FnOnce(&mut LinkState)) {
-        f(&mut self.state.lock().expect("link lock"));
+    fn update<T>(&self, f: impl FnOnce(&mut LinkState) -> T) -> T {
+        let out = f(&mut self.state.lock().expect("link lock"));
         self.changed.notify_waiters();
+        out
     }
 
     fn on_connect(&self, session_present: bool) {
         self.update(|s| {
             s.connected = true;
             s.connection += 1;
-            s.session_present = session_present;
+            s.tracker.on_connect(session_present);
         });
     }
 
-    fn on_disconnect(&self) {
-        self.update(|s| s.connected = false);
+    /// The connection failed: `retire` (which empties the client's queues into rumqttc's
+    /// pending list) runs under the link's lock, so no publish is handed to the client
+    /// between it and the link going down; every outstanding publish is then in that list,
+    /// which the next connection sends (resumed session) or drops (new session).
+    fn on_disconnect(&self, retire: impl FnOnce()) {
+        self.update(|s| {
+            retire();
+            s.connected = false;
+        });
     }
 
     fn on_sent(&self, pkid: u16) {
-        self.update(|s| {
-            if matches!(s.track, Track::Queued | Track::Sent(_)) {
-                s.track = Track::Sent(pkid);
-            }
-        });
+        self.update(|s| s.tracker.on_sent(pkid));
     }
 
     fn on_puback(&self, pkid: u16) {
-        self.update(|s| {
-            if s.track == Track::Sent(pkid) {
-                s.track = Track::Acked;
-            }
-        });
+        self.update(|s| s.tracker.on_puback(pkid));
     }
 
-    fn snapshot(&self) -> LinkState {
-        *self.state.lock().expect("link lock")
+    /// Hands a QoS 1 publish to the client while connection `conn` is up, and tracks it.
+    fn try_publish(
+        &self,
+        client: &AsyncClient,
+        conn: u64,
+        tag: Tag,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), NotPublished> {
+        let mut s = self.state.lock().expect("link lock");
+        if !s.connected || s.connection != conn {
+            return Err(NotPublished::Disconnected);
+        }
+        client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .map_err(|_| NotPublished::QueueFull)?;
+        s.tracker.queue(tag);
+        Ok(())
+    }
+
+    fn outstanding(&self) -> usize {
+        self.state.lock().expect("link lock").tracker.outstanding()
+    }
+
+    fn take_settled(&self) -> (Vec<Tag>, Vec<Tag>) {
+        self.state.lock().expect("link lock").tracker.take_settled()
     }
 
     /// The connection that is up, if any.
     pub fn current(&self) -> Option<u64> {
-        let s = self.snapshot();
+        let s = self.state.lock().expect("link lock");
         s.connected.then_some(s.connection)
     }
 }
@@ -351,7 +471,8 @@ impl Ingest {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.acker.retire_connection(&mut eventloop);
+                    self.link
+                        .on_disconnect(|| self.acker.retire_connection(&mut eventloop));
                     self.metrics
                         .health
                         .subscribed
@@ -359,7 +480,6 @@ impl Ingest {
                     if self.connected.swap(false, Ordering::Relaxed) {
                         lost_at = Some(Instant::now());
                         Metrics::set(&self.metrics.broker_connected, 0);
-                        self.link.on_disconnect();
                     }
                     if self.stopping.load(Ordering::Relaxed) {
                         break;
@@ -530,10 +650,15 @@ impl Ingest {
     }
 }
 
+/// How long the publisher waits before it tries again when the client's request queue was
+/// full.
+const QUEUE_FULL_RETRY: Duration = Duration::from_millis(5);
+
 /// Publishes what the workers send until every sender is gone and the outbox is delivered (or
 /// the stop grace ends): events (anomalies, no-data conditions) first, through the outbox,
-/// each kept until its PUBACK; the retained "online" status first on every connection; codes
-/// when no event is waiting (QoS 0, `try_publish`, rate-limited, shed first).
+/// up to [`EVENTS_IN_FLIGHT`] at once, each kept until its PUBACK; the retained "online"
+/// status first on every connection; codes when no event is waiting to be handed over (QoS
+/// 0, `try_publish`, rate-limited, shed first).
 #[allow(clippy::too_many_arguments)]
 pub async fn publish_outbound(
     settings: ValidSettings,
@@ -561,70 +686,25 @@ pub async fn publish_outbound(
         while let Ok(ev) = events.try_recv() {
             enqueue(&mut outbox, ev, link.current(), &metrics);
         }
-        let now_conn = link.current();
+        settle(&link, &mut outbox, &metrics);
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;
         }
-        if let Some(conn) = now_conn {
+        let mut retry: Option<tokio::time::Instant> = None;
+        if let Some(conn) = link.current() {
+            let mut sent = Ok(());
             if status_on != Some(conn) {
                 let topic = status_topic(&settings);
-                if publish_tracked(
-                    &client,
-                    &link,
-                    topic,
-                    true,
-                    online.clone(),
-                    deadline,
-                    &mut events,
-                    &mut outbox,
-                    &metrics,
-                )
-                .await
-                {
+                sent = link.try_publish(&client, conn, Tag::Status, topic, true, online.clone());
+                if sent.is_ok() {
                     status_on = Some(conn);
                 }
-                continue;
             }
-            if let Some(entry) = outbox.front_mut() {
-                let id = entry.id;
-                let late = entry.connection != Some(conn);
-                if late {
-                    entry.event.set_delayed(true);
-                }
-                let topic = format!("{}/{}", settings.topic_root(), entry.event.subtopic());
-                let retain = entry.event.retain();
-                let body = entry.event.payload();
-                let started = Instant::now();
-                let delivered = publish_tracked(
-                    &client,
-                    &link,
-                    topic,
-                    retain,
-                    body,
-                    deadline,
-                    &mut events,
-                    &mut outbox,
-                    &metrics,
-                )
-                .await;
-                metrics.latency.publish_event.observe(started.elapsed());
-                if delivered {
-                    // By id: while the PUBACK was awaited the spool file's bound may have
-                    // dropped this event (counted then), and the front is another one.
-                    if let Ok(Some(done)) = outbox.complete(id).map_err(|e| {
-                        tracing::error!(error = %e, "cannot record a delivered event in the spool file");
-                    }) {
-                        Metrics::inc(&metrics.events_published);
-                        if done.event.delayed() {
-                            Metrics::inc(&metrics.events_delayed);
-                        }
-                    }
-                    Metrics::set(&metrics.events_buffered, outbox.len() as u64);
-                } else if let Some(entry) = outbox.front_mut().filter(|e| e.id == id) {
-                    // Not acknowledged on this connection: it goes out again, late.
-                    entry.event.set_delayed(true);
-                }
-                continue;
+            if status_on == Some(conn) {
+                sent = publish_window(&settings, &client, &link, conn, &mut outbox, &metrics);
+            }
+            if sent == Err(NotPublished::QueueFull) {
+                retry = Some(tokio::time::Instant::now() + QUEUE_FULL_RETRY);
             }
         }
         if events.is_closed() && events.is_empty() {
@@ -633,8 +713,8 @@ pub async fn publish_outbound(
             }
             deadline.get_or_insert_with(|| tokio::time::Instant::now() + stop_grace);
         }
-        let sleep_until =
-            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let sleep_until = deadline.unwrap_or(far).min(retry.unwrap_or(far));
         tokio::select! {
             biased;
             ev = events.recv(), if !events.is_closed() || !events.is_empty() => {
@@ -679,6 +759,66 @@ pub async fn publish_outbound(
     }
 }
 
+/// Hands the oldest events not in flight to the client on connection `conn` until
+/// [`EVENTS_IN_FLIGHT`] are outstanding. An event that entered the outbox while another
+/// connection (or none) was up is late and goes out flagged `delayed`.
+fn publish_window(
+    settings: &ValidSettings,
+    client: &AsyncClient,
+    link: &Link,
+    conn: u64,
+    outbox: &mut Outbox,
+    metrics: &Metrics,
+) -> Result<(), NotPublished> {
+    while link.outstanding() < EVENTS_IN_FLIGHT {
+        let Some(entry) = outbox.next_unsent() else {
+            break;
+        };
+        if entry.connection != Some(conn) {
+            entry.event.set_delayed(true);
+        }
+        let topic = format!("{}/{}", settings.topic_root(), entry.event.subtopic());
+        let started = Instant::now();
+        let tag = Tag::Event(entry.id);
+        let (retain, body) = (entry.event.retain(), entry.event.payload());
+        link.try_publish(client, conn, tag, topic, retain, body)?;
+        metrics.latency.publish_event.observe(started.elapsed());
+        entry.in_flight = true;
+    }
+    Ok(())
+}
+
+/// Takes the publishes the broker acknowledged out of the outbox (by id: PUBACKs come in any
+/// order, and the spool file's bound may have dropped an event meanwhile, counted then), and
+/// puts those lost with their session back in line, flagged `delayed`.
+fn settle(link: &Link, outbox: &mut Outbox, metrics: &Metrics) {
+    let (acked, lost) = link.take_settled();
+    if acked.is_empty() && lost.is_empty() {
+        return;
+    }
+    for tag in acked {
+        let Tag::Event(id) = tag else { continue };
+        match outbox.complete(id) {
+            Ok(Some(done)) => {
+                Metrics::inc(&metrics.events_published);
+                if done.event.delayed() {
+                    Metrics::inc(&metrics.events_delayed);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a delivered event in the spool file")
+            }
+        }
+    }
+    for tag in lost {
+        if let Tag::Event(id) = tag {
+            outbox.resend(id);
+        }
+    }
+    Metrics::set(&metrics.events_buffered, outbox.len() as u64);
+}
+
 /// Puts an event into the outbox; counts what does not fit.
 fn enqueue(outbox: &mut Outbox, ev: OutboundEvent, connection: Option<u64>, metrics: &Metrics) {
     let key = ev.key().to_string();
@@ -705,74 +845,6 @@ fn enqueue(outbox: &mut Outbox, ev: OutboundEvent, connection: Option<u64>, metr
         }
     }
     Metrics::set(&metrics.events_buffered, outbox.len() as u64);
-}
-
-/// Publishes at QoS 1 and waits for the broker's PUBACK. False when the connection was lost
-/// and its session with it (the publish is gone; publish it again), or the deadline passed.
-/// If the session survives a reconnection, rumqttc sends the publish again itself and this
-/// keeps waiting for its PUBACK.
-///
-/// While it waits, new events still go into the outbox, so an outage fills the outbox and not
-/// the workers' output queue.
-#[allow(clippy::too_many_arguments)]
-async fn publish_tracked(
-    client: &AsyncClient,
-    link: &Link,
-    topic: String,
-    retain: bool,
-    payload: Vec<u8>,
-    deadline: Option<tokio::time::Instant>,
-    events: &mut mpsc::Receiver<OutboundEvent>,
-    outbox: &mut Outbox,
-    metrics: &Metrics,
-) -> bool {
-    let Some(conn) = link.current() else {
-        return false;
-    };
-    link.update(|s| s.track = Track::Queued);
-    let publish = client.publish(topic, QoS::AtLeastOnce, retain, payload);
-    let sent = match deadline {
-        Some(d) => tokio::time::timeout_at(d, publish).await.ok(),
-        None => Some(publish.await),
-    };
-    if !matches!(sent, Some(Ok(()))) {
-        link.update(|s| s.track = Track::Idle);
-        return false;
-    }
-    let mut conn = conn;
-    loop {
-        let changed = link.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        let s = link.snapshot();
-        if s.track == Track::Acked {
-            link.update(|s| s.track = Track::Idle);
-            return true;
-        }
-        if s.connected && s.connection != conn {
-            if !s.session_present {
-                link.update(|s| s.track = Track::Idle);
-                return false;
-            }
-            conn = s.connection;
-        }
-        let until =
-            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            _ = changed => {}
-            ev = events.recv(), if !events.is_closed() || !events.is_empty() => {
-                if let Some(ev) = ev {
-                    enqueue(outbox, ev, link.current(), metrics);
-                }
-            }
-            _ = tokio::time::sleep_until(until) => {
-                if deadline.is_some() {
-                    link.update(|s| s.track = Track::Idle);
-                    return false;
-                }
-            }
-        }
-    }
 }
 
 /// Queues one code at QoS 0 without waiting; counts it as published or dropped.
@@ -892,5 +964,98 @@ mod tests {
         let cbor: CodeMessage =
             ciborium::from_reader(&encode_code(&code, CodeFormat::Cbor)[..]).unwrap();
         assert_eq!(cbor, code);
+    }
+
+    fn settled(t: &mut Tracker) -> (Vec<Tag>, Vec<Tag>) {
+        t.take_settled()
+    }
+
+    #[test]
+    fn tracker_matches_out_of_order_pubacks_to_their_publishes() {
+        let mut t = Tracker::default();
+        t.queue(Tag::Status);
+        for id in 1..=3 {
+            t.queue(Tag::Event(id));
+        }
+        assert_eq!(t.outstanding(), 4);
+        for pkid in [7, 8, 9, 10] {
+            t.on_sent(pkid);
+        }
+        t.on_puback(10);
+        t.on_puback(8);
+        t.on_puback(8); // a stray second PUBACK
+        t.on_puback(42); // not ours (none of our publishes has it)
+        assert_eq!(
+            settled(&mut t),
+            (vec![Tag::Event(3), Tag::Event(1)], vec![])
+        );
+        assert_eq!(t.outstanding(), 2);
+        t.on_puback(7);
+        t.on_puback(9);
+        assert_eq!(settled(&mut t), (vec![Tag::Status, Tag::Event(2)], vec![]));
+        assert_eq!(t.outstanding(), 0);
+        // Packet ids are reused once acknowledged.
+        t.queue(Tag::Event(4));
+        t.on_sent(7);
+        t.on_puback(7);
+        assert_eq!(settled(&mut t).0, [Tag::Event(4)]);
+    }
+
+    /// Several publishes in flight when the connection drops, the session resumed: rumqttc
+    /// sends the unacknowledged ones again with their packet ids, then the ones that were
+    /// still queued get new ids; nothing is lost and every PUBACK finds its publish.
+    #[test]
+    fn tracker_keeps_publishes_across_a_resumed_session() {
+        let mut t = Tracker::default();
+        for id in 1..=4 {
+            t.queue(Tag::Event(id));
+        }
+        t.on_sent(1);
+        t.on_sent(2);
+        t.on_sent(3); // event 4 still in the client's queue
+        t.on_puback(2);
+        t.on_connect(true);
+        t.on_sent(3); // retransmissions, in rumqttc's order
+        t.on_sent(1);
+        t.on_sent(4); // event 4, first sent now
+        assert_eq!(t.outstanding(), 3);
+        t.on_puback(4);
+        t.on_puback(1);
+        t.on_puback(3);
+        let (acked, lost) = settled(&mut t);
+        assert_eq!(
+            acked,
+            [Tag::Event(2), Tag::Event(4), Tag::Event(1), Tag::Event(3)]
+        );
+        assert!(lost.is_empty());
+    }
+
+    /// The same with a new session: rumqttc drops every publish of the old one, sent or
+    /// queued; all are reported lost (to go out again) and the packet ids start afresh.
+    #[test]
+    fn tracker_reports_every_outstanding_publish_lost_with_its_session() {
+        let mut t = Tracker::default();
+        t.queue(Tag::Status);
+        for id in 1..=3 {
+            t.queue(Tag::Event(id));
+        }
+        t.on_sent(1);
+        t.on_sent(2);
+        t.on_sent(3);
+        t.on_puback(1);
+        t.on_connect(false);
+        let (acked, mut lost) = settled(&mut t);
+        assert_eq!(acked, [Tag::Status]);
+        lost.sort_by_key(|t| match t {
+            Tag::Status => 0,
+            Tag::Event(id) => *id,
+        });
+        assert_eq!(lost, [Tag::Event(1), Tag::Event(2), Tag::Event(3)]);
+        assert_eq!(t.outstanding(), 0);
+        // Sent again on the new session, with packet ids the old one had used.
+        t.queue(Tag::Event(2));
+        t.on_sent(1);
+        t.on_puback(1);
+        assert_eq!(settled(&mut t).0, [Tag::Event(2)]);
     }
 }

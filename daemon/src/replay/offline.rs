@@ -148,7 +148,8 @@ pub fn run(
             }
             let names: Vec<String> = channels.iter().map(|(n, _)| n.clone()).collect();
             let pipeline = Pipeline::try_new(&settings.pipeline, names.len())
-                .with_context(|| format!("key `{key}`"))?;
+                .with_context(|| format!("key `{key}`"))?
+                .with_learning_stagger(crate::worker::learning_stagger(&key));
             let trace = StreamTrace {
                 key: key.clone(),
                 channel_names: names,

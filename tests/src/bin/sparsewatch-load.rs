@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use sparsewatch_e2e::{Daemon, Mosquitto, Summary, TestConfig};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
+use sparsewatch_e2e::{BrokerOptions, Daemon, Mosquitto, Summary, TestConfig};
 
 #[derive(Parser)]
 #[command(about = "Load generator for sparsewatch: Mosquitto ceiling, sustained ingest, latency")]
@@ -72,6 +72,10 @@ struct Load {
     /// Extra TOML appended to the daemon's config (e.g. "[workers]\ncount = 1").
     #[arg(long, default_value = "")]
     daemon_config: String,
+    /// TCP_NODELAY on the broker's sockets (`set_tcp_nodelay true`) and on the load
+    /// generator's clients (the daemon always sets it on its own): no Nagle delays.
+    #[arg(long)]
+    nodelay: bool,
 }
 
 #[derive(Args, Clone)]
@@ -138,10 +142,19 @@ fn base_ts_ms() -> i64 {
     (now - 30 * 86_400_000) / 1000 * 1000
 }
 
+/// The harness's private Mosquitto, with TCP_NODELAY when `--nodelay` is given.
+fn start_broker(l: &Load) -> Result<Mosquitto> {
+    Mosquitto::start_with(&BrokerOptions {
+        tcp_nodelay: l.nodelay,
+        ..BrokerOptions::default()
+    })
+}
+
 /// A connected rumqttc client with its event loop polled on a task; incoming PUBLISH packets
 /// go to `on_publish`. Returns once the CONNACK arrived.
 async fn connect(
     port: u16,
+    nodelay: bool,
     id: &str,
     mut on_publish: impl FnMut(&rumqttc::Publish) + Send + 'static,
 ) -> Result<(AsyncClient, tokio::task::JoinHandle<()>)> {
@@ -151,6 +164,9 @@ async fn connect(
     o.set_inflight(1_000);
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut el): (AsyncClient, EventLoop) = AsyncClient::new(o, 10_000);
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(nodelay);
+    el.set_network_options(net);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let mut tx = Some(tx);
@@ -317,18 +333,24 @@ impl Cpu {
 }
 
 async fn relay(l: Load) -> Result<()> {
-    let broker = Mosquitto::start()?;
+    let broker = start_broker(&l)?;
     let root = sparsewatch_e2e::unique("relay");
     let received = Arc::new(AtomicU64::new(0));
     let last = Arc::new(Mutex::new(Instant::now()));
     let (rx_count, rx_last) = (received.clone(), last.clone());
-    let (sub, _sub_task) = connect(broker.port(), &format!("{root}-sub"), move |_| {
-        rx_count.fetch_add(1, Ordering::Relaxed);
-        *rx_last.lock().expect("last") = Instant::now();
-    })
+    let (sub, _sub_task) = connect(
+        broker.port(),
+        l.nodelay,
+        &format!("{root}-sub"),
+        move |_| {
+            rx_count.fetch_add(1, Ordering::Relaxed);
+            *rx_last.lock().expect("last") = Instant::now();
+        },
+    )
     .await?;
     subscribe(&sub, &format!("{root}/#"), qos(l.qos)).await?;
-    let (publisher, _pub_task) = connect(broker.port(), &format!("{root}-pub"), |_| {}).await?;
+    let (publisher, _pub_task) =
+        connect(broker.port(), l.nodelay, &format!("{root}-pub"), |_| {}).await?;
     let total = total_messages(&l);
     let cpu = Cpu::start(vec![
         ("mosquitto", broker.pid()),
@@ -407,10 +429,11 @@ async fn start_daemon(broker: &Mosquitto, name: &str, l: &Load) -> Result<Daemon
 }
 
 async fn ingest(l: Load) -> Result<()> {
-    let broker = Mosquitto::start()?;
+    let broker = start_broker(&l)?;
     let mut daemon = start_daemon(&broker, "load", &l).await?;
     let root = daemon.config().input_root.clone();
-    let (publisher, _task) = connect(broker.port(), &format!("{root}-pub"), |_| {}).await?;
+    let (publisher, _task) =
+        connect(broker.port(), l.nodelay, &format!("{root}-pub"), |_| {}).await?;
     let total = total_messages(&l);
     let pid = daemon.process().pid();
     let cpu = Cpu::start(vec![
@@ -459,14 +482,14 @@ async fn ingest(l: Load) -> Result<()> {
 
 async fn latency(a: LatencyArgs) -> Result<()> {
     let l = a.load.clone();
-    let broker = Mosquitto::start()?;
+    let broker = start_broker(&l)?;
     let mut daemon = start_daemon(&broker, "latency", &l).await?;
     let config = daemon.config().clone();
     let root = config.input_root.clone();
     let stamps: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
     let events: Arc<Mutex<Vec<(Instant, String)>>> = Arc::new(Mutex::new(Vec::new()));
     let ev = events.clone();
-    let (sub, _sub_task) = connect(broker.port(), &format!("{root}-sub"), move |p| {
+    let (sub, _sub_task) = connect(broker.port(), l.nodelay, &format!("{root}-sub"), move |p| {
         let at = Instant::now();
         ev.lock()
             .expect("events")
@@ -475,7 +498,8 @@ async fn latency(a: LatencyArgs) -> Result<()> {
     .await?;
     let anomaly_filter = format!("{}/{}/anomaly/#", config.prefix, config.node_id);
     subscribe(&sub, &anomaly_filter, QoS::AtLeastOnce).await?;
-    let (publisher, _pub_task) = connect(broker.port(), &format!("{root}-pub"), |_| {}).await?;
+    let (publisher, _pub_task) =
+        connect(broker.port(), l.nodelay, &format!("{root}-pub"), |_| {}).await?;
     let total = total_messages(&l);
     let pid = daemon.process().pid();
     let cpu = Cpu::start(vec![

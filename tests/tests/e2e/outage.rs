@@ -356,6 +356,66 @@ fn an_anomaly_detected_while_the_broker_is_down_is_delivered_late_and_flagged() 
     assert_eq!(again.counter("out_of_order"), 0, "{again:?}");
 }
 
+/// A burst: eight keys fault at the same sample while the broker is up, so their events are
+/// produced within moments and the publisher keeps several in flight at once (up to
+/// `mqtt::EVENTS_IN_FLIGHT`), each completed by its own PUBACK. The gate holds the worker
+/// until every sample is in, so the whole burst is scored in one go. Proves: every event
+/// reaches the subscriber once, exactly as the offline replay produced it and in its order
+/// (one worker: the replay's order is the order produced), not flagged delayed
+/// (events_published = events, events_delayed 0, events_buffered 0, dropped_events 0).
+#[test]
+fn a_burst_of_events_from_many_keys_goes_out_in_flight_together_in_order() {
+    let broker = persistent_broker();
+    let mut config = TestConfig::new("outage-burst", broker.port());
+    let keys = ["k/1", "k/2", "k/3", "k/4", "k/5", "k/6", "k/7", "k/8"];
+    config.extra = format!(
+        "[workers]\ncount = 1\nqueue_capacity = {}\n",
+        keys.len() * N
+    );
+    let messages = fault_streams(&config, &keys);
+    let watcher = subscribe_persistent(&config);
+    let expected = offline_events(&config, &messages);
+    assert!(
+        expected.len() >= keys.len(),
+        "every key detects: {expected:?}"
+    );
+
+    let gate = Gate::closed();
+    let daemon = start_online_with_env(&config, &gate.env());
+    publish_all(broker.port(), &messages);
+    let total = messages.len() as u64;
+    wait_metrics(&daemon, "every message received", |s| {
+        s.counter("messages") == total
+    });
+    gate.open();
+    let n = expected.len() as u64;
+    let s = wait_metrics(&daemon, "every event delivered", |s| {
+        s.counter("samples") == total
+            && s.counter("events_published") == n
+            && s.gauge("events_buffered") == 0
+    });
+    assert_eq!(
+        (s.counter("events_delayed"), s.counter("dropped_events")),
+        (0, 0),
+        "{s:?}"
+    );
+    let got = collect_events(&daemon, broker.port(), &watcher, expected.len());
+    let schema = crate::schema("anomaly.schema.json");
+    let got_events: Vec<(String, Value)> = got
+        .into_iter()
+        .map(|(topic, mut event)| {
+            crate::assert_valid(&schema, &event);
+            let flag = event
+                .as_object_mut()
+                .expect("event is an object")
+                .remove("delayed");
+            assert_eq!(flag, None, "not delayed (absent when false): {event}");
+            (topic, event)
+        })
+        .collect();
+    assert_eq!(got_events, expected, "the events as produced, in order");
+}
+
 /// The undelivered events of a spool file: `add` records without a `done`, by id.
 fn pending_in_spool(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("spool file");
