@@ -141,7 +141,10 @@ fn run(job: Job, seed: u64) -> (Vec<(u64, f64)>, OrthoDictionary) {
     let mut learner = OrthoDictionary::new(job.method.params(b, seed), n);
     let mut x = vec![0.0; n];
     let mut y = vec![0.0; n];
-    let mut errs = vec![(0, recovery_error(learner.dictionary(), &truth))];
+    let mut errs = vec![(
+        0,
+        recovery_error(&learner.dictionary().map(f64::from), &truth),
+    )];
     for it in 1..=job.exp.iterations {
         for _ in 0..b {
             for xi in x.iter_mut() {
@@ -155,7 +158,10 @@ fn run(job: Job, seed: u64) -> (Vec<(u64, f64)>, OrthoDictionary) {
             learner.learn(&y);
         }
         if CHECKPOINTS.contains(&it) {
-            errs.push((it, recovery_error(learner.dictionary(), &truth)));
+            errs.push((
+                it,
+                recovery_error(&learner.dictionary().map(f64::from), &truth),
+            ));
         }
     }
     (errs, learner)

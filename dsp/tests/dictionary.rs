@@ -55,16 +55,33 @@ impl Synthetic {
     }
 
     /// err = |1 − ‖Dᵀ·D_o‖₄⁴ / n| (spec §4).
-    fn error(&self, dictionary: &DMatrix<f64>) -> f64 {
-        let m = dictionary.transpose() * &self.truth;
+    fn error(&self, dictionary: &DMatrix<f32>) -> f64 {
+        let m = dictionary.map(f64::from).transpose() * &self.truth;
         let n = self.truth.nrows() as f64;
         (1.0 - m.iter().map(|v| v.powi(4)).sum::<f64>() / n).abs()
     }
 }
 
-fn orthogonality_error(d: &DMatrix<f64>) -> f64 {
+/// ‖DᵀD − I‖_F, computed in f64.
+fn orthogonality_error(d: &DMatrix<f32>) -> f64 {
     let n = d.nrows();
-    (d.transpose() * d - DMatrix::<f64>::identity(n, n)).norm()
+    let d = d.map(f64::from);
+    (d.transpose() * &d - DMatrix::<f64>::identity(n, n)).norm()
+}
+
+/// The precision the published dictionary is orthogonal to. The learner computes
+/// D = polar(A)ᵀ in f64 (orthogonal to ~1e-15, asserted by the learner's unit tests) and
+/// stores it as f32 to halve a stream's memory; rounding moves each entry by at most 2⁻²⁴ of
+/// its size, which puts ‖DᵀD − I‖_F near √n·2⁻²³. The bound n·2⁻²³ leaves a factor √n of
+/// margin and is still five orders of magnitude below anything the coder or the scorers
+/// could notice.
+fn f32_orthogonality_bound(n: usize) -> f64 {
+    n as f64 * f64::from(f32::EPSILON)
+}
+
+/// A window as the learner stores it in its minibatch (f32).
+fn as_stored(y: &[f64]) -> Vec<f64> {
+    y.iter().map(|&v| f64::from(v as f32)).collect()
 }
 
 /// The algorithm of spec §2 written out directly.
@@ -99,7 +116,9 @@ mod reference {
         pub fn step(&mut self, ys: &[Vec<f64>]) {
             let (n, b) = (self.a.nrows(), ys.len());
             let mut g = DMatrix::zeros(n, n);
-            for y in ys {
+            // The learner's state is stored as f32 between steps (windows, A, d); model that
+            // storage here, and only that: the step itself is f64, as in the learner.
+            for y in ys.iter().map(|y| as_stored(y)) {
                 for i in 0..n {
                     let z: f64 = (0..n).map(|j| self.a[(i, j)] * y[j]).sum();
                     let w = match self.params.objective {
@@ -118,6 +137,8 @@ mod reference {
             if self.params.retraction == Retraction::EveryStep {
                 self.a = polar(&self.a);
             }
+            self.a = self.a.map(|v| f64::from(v as f32));
+            self.d = self.d.map(|v| f64::from(v as f32));
             self.t += 1;
         }
 
@@ -154,7 +175,7 @@ fn assert_same_up_to_signed_permutation(
     tol: f64,
 ) {
     let n = fast.n();
-    let overlap = fast.dictionary().transpose() * slow.dictionary();
+    let overlap = fast.dictionary().map(f64::from).transpose() * slow.dictionary();
     let mut used = vec![false; n];
     for i in 0..n {
         let (j, c) = (0..n)
@@ -167,9 +188,9 @@ fn assert_same_up_to_signed_permutation(
         );
         used[j] = true;
         let s = c.signum();
-        let diff = (fast.iterate().row(i) - slow.a.row(j) * s).norm();
+        let diff = (fast.iterate().map(f64::from).row(i) - slow.a.row(j) * s).norm();
         assert!(diff < tol, "iterate row {i} differs by {diff:e}");
-        let diff = (fast.gradient_average().row(i) - slow.d.row(j) * s).norm();
+        let diff = (fast.gradient_average().map(f64::from).row(i) - slow.d.row(j) * s).norm();
         let scale = 1.0 + slow.d.norm();
         assert!(diff < tol * scale, "gradient row {i} differs by {diff:e}");
     }
@@ -177,7 +198,9 @@ fn assert_same_up_to_signed_permutation(
 
 /// The fast learner (Newton–Schulz, in-place buffers, atom relabelling) follows the
 /// reference step for step, for both objectives and both retraction modes, with full and
-/// small (b < n, the small-matrix product path) minibatches.
+/// small (b < n, the small-matrix product path) minibatches. Both store A and d as f32
+/// between steps, so where their f64 results differ by rounding (~1e-10) the stored values
+/// may land on neighbouring f32s: the tolerance is a few f32 ulps.
 #[test]
 fn fast_path_matches_the_reference_implementation() {
     let n = 8;
@@ -200,7 +223,7 @@ fn fast_path_matches_the_reference_implementation() {
         };
         let mut fast = OrthoDictionary::new(params.clone(), n);
         let mut slow = reference::Learner {
-            a: fast.iterate().clone(),
+            a: fast.iterate().map(f64::from),
             d: DMatrix::zeros(n, n),
             t: 1,
             params,
@@ -218,17 +241,18 @@ fn fast_path_matches_the_reference_implementation() {
             }
             slow.step(&ys);
             if step < warm_up {
-                slow.a = fast.iterate().clone();
-                slow.d = fast.gradient_average().clone();
+                slow.a = fast.iterate().map(f64::from);
+                slow.d = fast.gradient_average().map(f64::from);
                 continue;
             }
-            assert_same_up_to_signed_permutation(&fast, &slow, 1e-9);
+            assert_same_up_to_signed_permutation(&fast, &slow, 1e-6);
         }
     }
 }
 
-/// The published dictionary is orthogonal to working precision after many steps, whatever
-/// the retraction mode.
+/// The published dictionary is orthogonal to its storage precision (f32, see
+/// `f32_orthogonality_bound`) after many steps, whatever the retraction mode: rounding does
+/// not accumulate, because each step recomputes D as a polar factor in f64.
 #[test]
 fn dictionary_stays_orthogonal() {
     let n = 16;
@@ -238,7 +262,7 @@ fn dictionary_stays_orthogonal() {
             ..DictionaryParams::default()
         };
         let mut learner = OrthoDictionary::new(params, n);
-        assert!(orthogonality_error(learner.dictionary()) < 1e-12);
+        assert!(orthogonality_error(learner.dictionary()) < f32_orthogonality_bound(n));
         let mut data = Synthetic::new(n, 0.3, 2);
         for _ in 0..200 * n {
             learner.learn(&data.sample());
@@ -246,7 +270,10 @@ fn dictionary_stays_orthogonal() {
         assert_eq!(learner.steps(), 200);
         assert_eq!(learner.version(), 200);
         let e = orthogonality_error(learner.dictionary());
-        assert!(e < 1e-12, "{retraction:?}: ‖DᵀD − I‖_F = {e:e}");
+        assert!(
+            e < f32_orthogonality_bound(n),
+            "{retraction:?}: ‖DᵀD − I‖_F = {e:e}"
+        );
         assert!(learner.gap() >= -1e-12, "FW gap {}", learner.gap());
     }
 }
@@ -328,7 +355,7 @@ fn a_shared_scratch_gives_bit_identical_learners() {
     let mut dims_held: Vec<_> = scratch.dimensions().collect();
     dims_held.sort_unstable();
     assert_eq!(dims_held, vec![(5, 5), (8, 8), (12, 12)]);
-    let per_stream_state = |n: usize| 8 * 4 * n * n;
+    let per_stream_state = |n: usize| 4 * 4 * n * n;
     assert!(scratch.bytes() > per_stream_state(12));
 }
 
@@ -367,7 +394,7 @@ fn zero_and_constant_windows_produce_no_nan() {
     }
     let d = learner.dictionary();
     assert!(d.iter().all(|v| v.is_finite()));
-    assert!(orthogonality_error(d) < 1e-12);
+    assert!(orthogonality_error(d) < f32_orthogonality_bound(n));
     assert!(learner.iterate().iter().all(|v| v.is_finite()));
     assert!(learner.gradient_average().iter().all(|v| v.is_finite()));
     assert!(learner.stats().svd > 0, "a rank-one gradient needs the SVD");
@@ -396,9 +423,9 @@ fn rank_deficient_early_gradient_with_single_window_batches() {
         assert_eq!(learner.learn(&data.nonzero_sample()), LearnOutcome::Stepped);
         assert_eq!(learner.steps(), t);
         let e = orthogonality_error(learner.dictionary());
-        assert!(e < 1e-12, "step {t}: {e:e}");
-        let d = learner.gradient_average();
-        let nuclear: f64 = d.clone().svd(false, false).singular_values.sum();
+        assert!(e < f32_orthogonality_bound(n), "step {t}: {e:e}");
+        let d = learner.gradient_average().map(f64::from);
+        let nuclear: f64 = d.svd(false, false).singular_values.sum();
         assert!(
             learner.gap() >= -1e-9 * nuclear,
             "step {t}: gap {}",
@@ -451,15 +478,18 @@ fn codes_match_the_reference_coder() {
         for _ in 0..20 {
             let y = data.sample();
             learner.code(&y, k, &mut code);
-            let (order, residual) = reference::code(learner.dictionary(), &y, k);
+            let (order, residual) = reference::code(&learner.dictionary().map(f64::from), &y, k);
             assert_eq!(code.indices(), &order[..], "k={k}");
-            assert!((code.residual() - residual).abs() < 1e-12, "k={k}");
+            // The coder's residual is the energy of the dropped coefficients, which equals the
+            // reference's explicit ‖y − D·x_k‖² only as far as D is orthogonal: to f32
+            // precision.
+            assert!((code.residual() - residual).abs() < 1e-6, "k={k}");
             assert_eq!(code.version(), learner.version());
             code.reconstruct(learner.dictionary(), &mut y_hat);
             let explicit: f64 = y.iter().zip(&y_hat).map(|(a, b)| (a - b).powi(2)).sum();
             let energy: f64 = y.iter().map(|v| v * v).sum();
             if energy > 0.0 {
-                assert!((explicit / energy - code.residual()).abs() < 1e-12);
+                assert!((explicit / energy - code.residual()).abs() < 1e-6);
             }
         }
     }
