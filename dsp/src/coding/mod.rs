@@ -17,7 +17,40 @@
 //! current dictionary.
 
 use nalgebra::DMatrix;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// A scalar a dictionary is stored in: `f32` (the daemon's learners: half the memory) or
+/// `f64` (the replication of the paper's experiments). Coding and learning compute in f64
+/// either way; entries are widened exactly as they are read.
+pub trait StorageScalar:
+    nalgebra::Scalar + Copy + Into<f64> + Serialize + DeserializeOwned + Send + Sync
+{
+    /// `v` rounded to this type (nearest f32, or `v` itself).
+    fn from_f64(v: f64) -> Self;
+    /// x_i = ⟨atom_i, y⟩ for every atom of the column-major `d`, in the fixed order of
+    /// [`project_atoms_generic`] (the f32 path may use a SIMD kernel with the same bits).
+    #[doc(hidden)]
+    fn project_atoms(d: &[Self], y: &[f64], x: &mut [f64]);
+}
+
+impl StorageScalar for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn project_atoms(d: &[f32], y: &[f64], x: &mut [f64]) {
+        project_atoms(d, y, x);
+    }
+}
+
+impl StorageScalar for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn project_atoms(d: &[f64], y: &[f64], x: &mut [f64]) {
+        project_atoms_generic(d, y, x);
+    }
+}
 
 /// The code of one window: all coefficients, the kept ones in decreasing |value| order, and
 /// the residual energy. Reused from window to window.
@@ -90,12 +123,12 @@ impl SparseCode {
 
     /// Writes ŷ = D·x_k, the k-term approximation, into `out` (length n). Not needed for the
     /// residual; for consumers that want the denoised window.
-    pub fn reconstruct(&self, dictionary: &DMatrix<f32>, out: &mut [f64]) {
+    pub fn reconstruct<T: StorageScalar>(&self, dictionary: &DMatrix<T>, out: &mut [f64]) {
         assert_eq!(out.len(), self.n(), "output length must be n");
         out.fill(0.0);
         for (&i, &v) in self.indices().iter().zip(self.values()) {
             for (o, &a) in out.iter_mut().zip(dictionary.column(i).iter()) {
-                *o += v * f64::from(a);
+                *o += v * a.into();
             }
         }
     }
@@ -106,8 +139,8 @@ impl SparseCode {
 ///
 /// # Panics
 /// If `y` or `out` do not have the dictionary's dimension. `y` must be finite (debug-checked).
-pub fn encode_top_k(
-    dictionary: &DMatrix<f32>,
+pub fn encode_top_k<T: StorageScalar>(
+    dictionary: &DMatrix<T>,
     version: u64,
     y: &[f64],
     k: usize,
@@ -139,8 +172,8 @@ pub fn encode_top_k(
 
 /// Like [`encode_top_k`], but keeps every coefficient with |x_i| ≥ `threshold` (hard
 /// thresholding), largest first.
-pub fn encode_threshold(
-    dictionary: &DMatrix<f32>,
+pub fn encode_threshold<T: StorageScalar>(
+    dictionary: &DMatrix<T>,
     version: u64,
     y: &[f64],
     threshold: f64,
@@ -173,7 +206,12 @@ pub fn encode_threshold(
 }
 
 /// x = Dᵀ·y and ‖y‖² into `out`.
-fn project(dictionary: &DMatrix<f32>, version: u64, y: &[f64], out: &mut SparseCode) {
+fn project<T: StorageScalar>(
+    dictionary: &DMatrix<T>,
+    version: u64,
+    y: &[f64],
+    out: &mut SparseCode,
+) {
     let n = dictionary.nrows();
     assert_eq!(
         y.len(),
@@ -182,7 +220,7 @@ fn project(dictionary: &DMatrix<f32>, version: u64, y: &[f64], out: &mut SparseC
     );
     assert_eq!(out.n(), n, "SparseCode was allocated for another dimension");
     debug_assert!(y.iter().all(|v| v.is_finite()), "non-finite window");
-    project_atoms(dictionary.as_slice(), y, &mut out.coefficients);
+    T::project_atoms(dictionary.as_slice(), y, &mut out.coefficients);
     out.energy = dot(y, y);
     out.version = version;
 }
@@ -284,7 +322,7 @@ unsafe fn project_atoms_avx2(d: &[f32], y: &[f64], x: &mut [f64]) {
 /// The portable kernel (any target; also the order the AVX2 kernel must reproduce): four
 /// atoms at a time against the same loads of y, eight accumulators per atom (a single running
 /// sum is a serial dependency chain the compiler may not reorder), y read once per four atoms.
-fn project_atoms_generic(d: &[f32], y: &[f64], x: &mut [f64]) {
+fn project_atoms_generic<T: Copy + Into<f64>>(d: &[T], y: &[f64], x: &mut [f64]) {
     let n = y.len();
     // Products past the last multiple of eight; skipped outright in the common n % 8 == 0
     // case (adding the empty sum 0.0 would change nothing).
@@ -304,10 +342,10 @@ fn project_atoms_generic(d: &[f32], y: &[f64], x: &mut [f64]) {
             .zip(c3.chunks_exact(8));
         for ((((y8, a0), a1), a2), a3) in chunks {
             for l in 0..8 {
-                acc[0][l] += f64::from(a0[l]) * y8[l];
-                acc[1][l] += f64::from(a1[l]) * y8[l];
-                acc[2][l] += f64::from(a2[l]) * y8[l];
-                acc[3][l] += f64::from(a3[l]) * y8[l];
+                acc[0][l] += a0[l].into() * y8[l];
+                acc[1][l] += a1[l].into() * y8[l];
+                acc[2][l] += a2[l].into() * y8[l];
+                acc[3][l] += a3[l].into() * y8[l];
             }
         }
         for ((xo, acc), atom) in xb.iter_mut().zip(&acc).zip([c0, c1, c2, c3]) {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::identity::AtomMatcher;
 use super::params::{DictionaryParams, Objective, PolarMethod, Retraction};
 use super::polar::{gemm_nt, polar_svd, PolarWorkspace};
-use crate::coding::{encode_threshold, encode_top_k, SparseCode};
+use crate::coding::{encode_threshold, encode_top_k, SparseCode, StorageScalar};
 
 /// What [`OrthoDictionary::learn`] did with a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,19 +46,20 @@ pub struct DictionaryStats {
 /// A checkpoint written before (f64 matrices) decodes into this state by rounding each value
 /// to the nearest f32, which is what the learner would have stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct State {
+#[serde(bound = "")]
+struct State<T: StorageScalar> {
     params: DictionaryParams,
     /// Resolved minibatch size b.
     minibatch: usize,
     /// The Frank–Wolfe iterate (analysis matrix, rows are atoms). Orthogonal with
     /// [`Retraction::EveryStep`], inside the spectral-norm unit ball otherwise.
-    a: DMatrix<f32>,
+    a: DMatrix<T>,
     /// Running average of the stochastic gradient.
-    d: DMatrix<f32>,
+    d: DMatrix<T>,
     /// The published dictionary D = polar(A)ᵀ (atoms are columns), orthogonal to f32 rounding.
-    dictionary: DMatrix<f32>,
+    dictionary: DMatrix<T>,
     /// The minibatch being collected, one window per column; the first `filled` are valid.
-    batch: DMatrix<f32>,
+    batch: DMatrix<T>,
     filled: usize,
     /// Steps taken (t − 1 in the spec's notation).
     steps: u64,
@@ -147,7 +148,7 @@ impl LearnScratch {
 
     /// Makes sure the buffers for `learner`'s dimension exist (allocates at most once per
     /// distinct dimension).
-    pub fn reserve(&mut self, learner: &OrthoDictionary) {
+    pub fn reserve<T: StorageScalar>(&mut self, learner: &OrthoDictionary<T>) {
         self.get(learner.n(), learner.minibatch());
     }
 
@@ -192,37 +193,37 @@ impl LearnScratch {
 /// checked in debug builds only. Serialises (serde) to its full state; a restored learner
 /// produces bit-identical outputs.
 #[derive(Debug, Clone)]
-pub struct OrthoDictionary {
-    state: State,
+pub struct OrthoDictionary<T: StorageScalar = f32> {
+    state: State<T>,
 }
 
-impl PartialEq for OrthoDictionary {
+impl<T: StorageScalar> PartialEq for OrthoDictionary<T> {
     fn eq(&self, other: &Self) -> bool {
         self.state == other.state
     }
 }
 
-impl Serialize for OrthoDictionary {
+impl<T: StorageScalar> Serialize for OrthoDictionary<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.state.serialize(s)
     }
 }
 
-impl<'de> Deserialize<'de> for OrthoDictionary {
+impl<'de, T: StorageScalar> Deserialize<'de> for OrthoDictionary<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let state = State::deserialize(d)?;
+        let state = State::<T>::deserialize(d)?;
         state.validate().map_err(serde::de::Error::custom)?;
         Ok(Self { state })
     }
 }
 
-impl State {
+impl<T: StorageScalar> State<T> {
     /// Shape checks for a deserialised state, so a corrupt checkpoint is an error, not a
     /// panic later on the hot path.
     fn validate(&self) -> Result<(), String> {
         self.params.check().map_err(|e| e.to_string())?;
         let n = self.dictionary.nrows();
-        let square = |m: &DMatrix<f32>| m.nrows() == n && m.ncols() == n;
+        let square = |m: &DMatrix<T>| m.nrows() == n && m.ncols() == n;
         if n == 0 || !square(&self.dictionary) || !square(&self.a) || !square(&self.d) {
             return Err(format!("dictionary state: matrices must all be {n}×{n}"));
         }
@@ -235,7 +236,7 @@ impl State {
         }
         // f64 values beyond the f32 range (an old checkpoint cannot hold them, a damaged one
         // might) would have become infinite when narrowed.
-        let finite = |m: &DMatrix<f32>| m.iter().all(|v| v.is_finite());
+        let finite = |m: &DMatrix<T>| m.iter().all(|&v| v.into().is_finite());
         if ![&self.a, &self.d, &self.dictionary, &self.batch]
             .into_iter()
             .all(finite)
@@ -247,24 +248,38 @@ impl State {
 }
 
 impl OrthoDictionary {
-    /// A learner for windows of length `n`, starting from a seeded random orthogonal basis
-    /// (Q of the QR of a U[0,1) matrix, as in the authors' code).
+    /// A learner for windows of length `n` with its state stored as f32 (the daemon's
+    /// learner), starting from a seeded random orthogonal basis (Q of the QR of a U[0,1)
+    /// matrix, as in the authors' code).
     ///
     /// # Panics
     /// If `params` does not pass [`DictionaryParams::check`] or `n` is 0.
     pub fn new(params: DictionaryParams, n: usize) -> Self {
+        Self::with_storage(params, n)
+    }
+}
+
+impl<T: StorageScalar> OrthoDictionary<T> {
+    /// A learner whose state is stored as `T` between steps: `OrthoDictionary::<f64>` keeps
+    /// the whole algorithm in f64 (the replication example measures the paper's algorithm
+    /// that way); steps always run in f64. Same start as [`OrthoDictionary::new`].
+    ///
+    /// # Panics
+    /// If `params` does not pass [`DictionaryParams::check`] or `n` is 0.
+    pub fn with_storage(params: DictionaryParams, n: usize) -> Self {
         params.check().expect("DictionaryParams must be checked");
         assert!(n > 0, "dictionary dimension must be positive");
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(params.seed);
         let uniform: Vec<f64> = (0..n * n).map(|_| rng.random::<f64>()).collect();
         let q = DMatrix::from_vec(n, n, uniform).qr().q();
         let b = params.minibatch_for(n);
-        let q: DMatrix<f32> = narrowed(&q);
+        let q: DMatrix<T> = narrowed(&q);
+        let zero = T::from_f64(0.0);
         let state = State {
             a: q.transpose(),
-            d: DMatrix::zeros(n, n),
+            d: DMatrix::from_element(n, n, zero),
             dictionary: q,
-            batch: DMatrix::zeros(n, b),
+            batch: DMatrix::from_element(n, b, zero),
             filled: 0,
             steps: 0,
             version: 0,
@@ -294,18 +309,18 @@ impl OrthoDictionary {
     /// The published dictionary D (n×n, atoms are columns), stored as f32: computed in f64
     /// as the polar factor of A (orthogonal to ~1e-15) and rounded, so DᵀD = I to f32
     /// precision, ‖DᵀD − I‖_F ≲ √n·2⁻²³ (each entry of D off by at most half an f32 ulp).
-    pub fn dictionary(&self) -> &DMatrix<f32> {
+    pub fn dictionary(&self) -> &DMatrix<T> {
         &self.state.dictionary
     }
 
     /// The Frank–Wolfe iterate A (rows are atoms); equals Dᵀ with per-step retraction.
     /// For diagnostics and tests.
-    pub fn iterate(&self) -> &DMatrix<f32> {
+    pub fn iterate(&self) -> &DMatrix<T> {
         &self.state.a
     }
 
     /// The running gradient average d. For diagnostics and tests.
-    pub fn gradient_average(&self) -> &DMatrix<f32> {
+    pub fn gradient_average(&self) -> &DMatrix<T> {
         &self.state.d
     }
 
@@ -361,7 +376,7 @@ impl OrthoDictionary {
         let st = &mut self.state;
         // Stored as f32 like the rest of the state: the step widens it back.
         for (b, &v) in st.batch.column_mut(st.filled).iter_mut().zip(y) {
-            *b = v as f32;
+            *b = T::from_f64(v);
         }
         st.filled += 1;
         if st.filled < st.minibatch {
@@ -405,7 +420,7 @@ impl OrthoDictionary {
 /// One stochastic Frank–Wolfe step on the full minibatch of `st`, in the buffers of `ws`
 /// (dimension (n, b) of `st`): the f32 state is widened into `ws`, the step runs in f64, and
 /// a step that moved the dictionary narrows A, d and D back into `st`.
-fn step(st: &mut State, ws: &mut Workspace) -> LearnOutcome {
+fn step<T: StorageScalar>(st: &mut State<T>, ws: &mut Workspace) -> LearnOutcome {
     debug_assert_eq!((ws.n, ws.b), (st.dictionary.nrows(), st.minibatch));
     widen(&st.a, &mut ws.a);
     widen(&st.d, &mut ws.d);
@@ -422,7 +437,7 @@ fn step(st: &mut State, ws: &mut Workspace) -> LearnOutcome {
 
 /// The step proper, on the f64 copies in `ws` (A, d, D, Y); `st` supplies the parameters and
 /// the counters, and receives the counters, gap and step count.
-fn step_f64(st: &mut State, ws: &mut Workspace) -> LearnOutcome {
+fn step_f64<T: StorageScalar>(st: &mut State<T>, ws: &mut Workspace) -> LearnOutcome {
     let b = st.minibatch as f64;
     // Z = A·Y, then the objective's gradient weights: Z∘|Z| (ℓ3) or Z∘Z∘Z (ℓ4).
     ws.z.gemm(1.0, &ws.a, &ws.y, 0.0);
@@ -496,24 +511,24 @@ fn step_f64(st: &mut State, ws: &mut Workspace) -> LearnOutcome {
 }
 
 /// `dst ← src` widened to f64 (exact).
-fn widen(src: &DMatrix<f32>, dst: &mut DMatrix<f64>) {
+fn widen<T: StorageScalar>(src: &DMatrix<T>, dst: &mut DMatrix<f64>) {
     debug_assert_eq!(src.shape(), dst.shape());
     for (d, &s) in dst.iter_mut().zip(src.iter()) {
-        *d = f64::from(s);
+        *d = s.into();
     }
 }
 
-/// `dst ← src` rounded to the nearest f32.
-fn narrow(src: &DMatrix<f64>, dst: &mut DMatrix<f32>) {
+/// `dst ← src` rounded to the storage type (to the nearest f32, or copied).
+fn narrow<T: StorageScalar>(src: &DMatrix<f64>, dst: &mut DMatrix<T>) {
     debug_assert_eq!(src.shape(), dst.shape());
     for (d, &s) in dst.iter_mut().zip(src.iter()) {
-        *d = s as f32;
+        *d = T::from_f64(s);
     }
 }
 
-/// `src` rounded to the nearest f32, in a new matrix (construction only).
-fn narrowed(src: &DMatrix<f64>) -> DMatrix<f32> {
-    let mut out = DMatrix::zeros(src.nrows(), src.ncols());
+/// `src` rounded to the storage type, in a new matrix (construction only).
+fn narrowed<T: StorageScalar>(src: &DMatrix<f64>) -> DMatrix<T> {
+    let mut out = DMatrix::from_element(src.nrows(), src.ncols(), T::from_f64(0.0));
     narrow(src, &mut out);
     out
 }
