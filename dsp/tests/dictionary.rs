@@ -79,11 +79,6 @@ fn f32_orthogonality_bound(n: usize) -> f64 {
     n as f64 * f64::from(f32::EPSILON)
 }
 
-/// A window as the learner stores it in its minibatch (f32).
-fn as_stored(y: &[f64]) -> Vec<f64> {
-    y.iter().map(|&v| f64::from(v as f32)).collect()
-}
-
 /// The algorithm of spec §2 written out directly.
 mod reference {
     use super::*;
@@ -106,7 +101,8 @@ mod reference {
     }
 
     pub struct Learner {
-        /// Round the stored state (windows, A, d) to f32 as the f32 learner does.
+        /// Round the stored state (A, and d after every window) to f32 as the f32 learner
+        /// does.
         pub f32_storage: bool,
         pub params: DictionaryParams,
         pub a: DMatrix<f64>,
@@ -117,30 +113,39 @@ mod reference {
     impl Learner {
         pub fn step(&mut self, ys: &[Vec<f64>]) {
             let (n, b) = (self.a.nrows(), ys.len());
-            let mut g = DMatrix::zeros(n, n);
-            // The learner's state is stored as f32 between steps (windows, A, d); model that
-            // storage here, and only that: the step itself is f64, as in the learner.
-            let stored = |y: &Vec<f64>| {
-                if self.f32_storage {
-                    as_stored(y)
-                } else {
-                    y.clone()
-                }
+            let (rho, gamma) = self.params.rates(self.t);
+            let weight = |z: f64| match self.params.objective {
+                Objective::L3 => z * z.abs(),
+                Objective::L4 => z * z * z,
             };
-            for y in ys.iter().map(stored) {
-                for i in 0..n {
-                    let z: f64 = (0..n).map(|j| self.a[(i, j)] * y[j]).sum();
-                    let w = match self.params.objective {
-                        Objective::L3 => z * z.abs(),
-                        Objective::L4 => z * z * z,
-                    };
-                    for j in 0..n {
-                        g[(i, j)] += w * y[j] / b as f64;
+            if self.f32_storage {
+                // The f32 learner folds each window into d as it arrives and stores d as f32
+                // after every window; model that storage here, and only that (the sum is the
+                // spec's, in f64).
+                let r = |v: f64| f64::from(v as f32);
+                self.d = self.d.map(|v| r((1.0 - rho) * v));
+                for y in ys {
+                    for i in 0..n {
+                        let z: f64 = (0..n).map(|j| self.a[(i, j)] * y[j]).sum();
+                        let w = rho / b as f64 * weight(z);
+                        for (j, yj) in y.iter().enumerate() {
+                            self.d[(i, j)] = r(self.d[(i, j)] + w * yj);
+                        }
                     }
                 }
+            } else {
+                let mut g = DMatrix::zeros(n, n);
+                for y in ys {
+                    for i in 0..n {
+                        let z: f64 = (0..n).map(|j| self.a[(i, j)] * y[j]).sum();
+                        let w = weight(z);
+                        for j in 0..n {
+                            g[(i, j)] += w * y[j] / b as f64;
+                        }
+                    }
+                }
+                self.d = &self.d * (1.0 - rho) + g * rho;
             }
-            let (rho, gamma) = self.params.rates(self.t);
-            self.d = &self.d * (1.0 - rho) + g * rho;
             let s = polar(&self.d);
             self.a = &self.a * (1.0 - gamma) + s * gamma;
             if self.params.retraction == Retraction::EveryStep {
@@ -387,7 +392,7 @@ fn a_shared_scratch_gives_bit_identical_learners() {
     let mut dims_held: Vec<_> = scratch.dimensions().collect();
     dims_held.sort_unstable();
     assert_eq!(dims_held, vec![(5, 5), (8, 8), (12, 12)]);
-    let per_stream_state = |n: usize| 4 * 4 * n * n;
+    let per_stream_state = |n: usize| 4 * 3 * n * n;
     assert!(scratch.bytes() > per_stream_state(12));
 }
 

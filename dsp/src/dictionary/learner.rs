@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::identity::AtomMatcher;
 use super::params::{DictionaryParams, Objective, PolarMethod, Retraction};
-use super::polar::{gemm_nt, polar_svd, PolarWorkspace};
+use super::polar::{polar_svd, PolarWorkspace};
 use crate::coding::{encode_threshold, encode_top_k, SparseCode, StorageScalar};
 
 /// What [`OrthoDictionary::learn`] did with a window.
@@ -37,9 +37,12 @@ pub struct DictionaryStats {
 
 /// Everything that defines the learner; serialised as is.
 ///
-/// The four n×n matrices are stored as f32 between steps (half the memory of a stream; the
-/// daemon holds one learner per stream) and widened to f64 for the step itself
-/// ([`step`]), which narrows its results back on exit. Rounding to f32 perturbs A, d and D by
+/// There is no minibatch buffer: the gradient of the ℓ3/ℓ4 objective is a sum of per-window
+/// outer products, so each window is folded into d as it arrives ([`absorb`]), and d
+/// between the first window of a minibatch and its step already holds
+/// (1−ρ_t)·d_{t−1} + (ρ_t/b)·Σ w_i·y_iᵀ. The three n×n matrices are stored as `T` (f32 in
+/// the daemon: a quarter of the f64 state with a minibatch buffer) and widened to f64 for
+/// the step itself ([`step`]), which narrows its results back on exit. Rounding to f32 perturbs A, d and D by
 /// about 6e-8 relative per step, far below the stochastic gradient's own noise, so the
 /// trajectory and the replication targets are unaffected (BENCHMARKS.md); the published D is
 /// orthogonal to f32 precision (‖DᵀD − I‖_F ≲ √n·2⁻²³, see [`OrthoDictionary::dictionary`]).
@@ -58,9 +61,13 @@ struct State<T: StorageScalar> {
     d: DMatrix<T>,
     /// The published dictionary D = polar(A)ᵀ (atoms are columns), orthogonal to f32 rounding.
     dictionary: DMatrix<T>,
-    /// The minibatch being collected, one window per column; the first `filled` are valid.
-    batch: DMatrix<T>,
+    /// Windows of the current minibatch already folded into d.
     filled: usize,
+    /// Only in checkpoints written before the windows were folded into d as they came: the
+    /// minibatch being collected, one window per column, the first `filled` valid, and d not
+    /// yet scaled for the step. Folded into d when such a checkpoint is read; never written.
+    #[serde(default, skip_serializing)]
+    batch: Option<DMatrix<T>>,
     /// Steps taken (t − 1 in the spec's notation).
     steps: u64,
     version: u64,
@@ -83,14 +90,11 @@ const NS_RETRY: u64 = 16;
 struct Workspace {
     n: usize,
     b: usize,
-    /// The learner's A, d, D and minibatch widened to f64 for the step (its state is f32).
+    /// The learner's A, d and D widened to f64 for the step.
     a: DMatrix<f64>,
     d: DMatrix<f64>,
     dictionary: DMatrix<f64>,
-    y: DMatrix<f64>,
-    /// Codes A·Y of the minibatch, then their ℓ3/ℓ4 gradient weights (n × b).
-    z: DMatrix<f64>,
-    /// The minibatch gradient g, then the oracle answer S.
+    /// The oracle answer S.
     g: DMatrix<f64>,
     /// Candidate running gradient, then the new dictionary before matching.
     next: DMatrix<f64>,
@@ -108,8 +112,6 @@ impl Workspace {
             a: DMatrix::zeros(n, n),
             d: DMatrix::zeros(n, n),
             dictionary: DMatrix::zeros(n, n),
-            y: DMatrix::zeros(n, b),
-            z: DMatrix::zeros(n, b),
             g: DMatrix::zeros(n, n),
             next: DMatrix::zeros(n, n),
             aligned: DMatrix::zeros(n, n),
@@ -120,17 +122,16 @@ impl Workspace {
 
     /// Heap bytes held (f64 and index buffers).
     fn bytes(&self) -> usize {
-        let (n, b) = (self.n, self.b);
-        8 * (2 * n * b + 8 * n * n + 2 * n) + self.matcher.bytes()
+        let n = self.n;
+        8 * (7 * n * n + 2 * n) + self.matcher.bytes()
     }
 }
 
 /// Scratch space for learning steps, shared by every learner one thread drives.
 ///
-/// A learning step needs about eleven n×n f64 work matrices (among them the learner's state
-/// widened from f32); the learner's state between steps is four f32 ones (A, d, D and the
-/// minibatch). Keeping the work matrices per learner would more
-/// than double the memory of every stream, so they live here instead: one set per distinct
+/// A learning step needs about nine n×n f64 work matrices (among them the learner's state
+/// widened from f32); the learner's state between steps is three f32 ones (A, d, D).
+/// Keeping the work matrices per learner would multiply the memory of every stream, so they live here instead: one set per distinct
 /// dimension (n, b) in use, created by [`reserve`](Self::reserve) (call it when a stream is
 /// created, so the hot path does not allocate) or, failing that, by the first step that needs
 /// it. A daemon worker owns one `LearnScratch` and passes it to every stream it runs; the
@@ -138,6 +139,8 @@ impl Workspace {
 #[derive(Debug, Clone, Default)]
 pub struct LearnScratch {
     sets: Vec<Workspace>,
+    /// One window's codes A·y, then its gradient weights (the largest n reserved or used).
+    window: Vec<f64>,
 }
 
 impl LearnScratch {
@@ -150,11 +153,20 @@ impl LearnScratch {
     /// distinct dimension).
     pub fn reserve<T: StorageScalar>(&mut self, learner: &OrthoDictionary<T>) {
         self.get(learner.n(), learner.minibatch());
+        self.window(learner.n());
     }
 
     /// Heap bytes held by the buffers, for diagnostics.
     pub fn bytes(&self) -> usize {
-        self.sets.iter().map(Workspace::bytes).sum()
+        self.sets.iter().map(Workspace::bytes).sum::<usize>() + 8 * self.window.len()
+    }
+
+    /// The per-window buffer, at least `n` long (grows at most once per larger n).
+    fn window(&mut self, n: usize) -> &mut [f64] {
+        if self.window.len() < n {
+            self.window.resize(n, 0.0);
+        }
+        &mut self.window[..n]
     }
 
     /// Distinct dimensions (n, b) with buffers.
@@ -211,8 +223,22 @@ impl<T: StorageScalar> Serialize for OrthoDictionary<T> {
 
 impl<'de, T: StorageScalar> Deserialize<'de> for OrthoDictionary<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let state = State::<T>::deserialize(d)?;
+        let mut state = State::<T>::deserialize(d)?;
         state.validate().map_err(serde::de::Error::custom)?;
+        // A checkpoint with a minibatch buffer: fold its windows into d, as `learn` would
+        // have done had they arrived now.
+        if let Some(batch) = state.batch.take() {
+            let (n, filled) = (batch.nrows(), state.filled);
+            state.filled = 0;
+            let (mut y, mut w) = (vec![0.0; n], vec![0.0; n]);
+            for column in batch.column_iter().take(filled) {
+                y.iter_mut()
+                    .zip(column.iter())
+                    .for_each(|(y, &v)| *y = v.into());
+                absorb(&mut state, &y, &mut w);
+                state.filled += 1;
+            }
+        }
         Ok(Self { state })
     }
 }
@@ -227,18 +253,22 @@ impl<T: StorageScalar> State<T> {
         if n == 0 || !square(&self.dictionary) || !square(&self.a) || !square(&self.d) {
             return Err(format!("dictionary state: matrices must all be {n}×{n}"));
         }
+        let legacy_batch_fits = self
+            .batch
+            .as_ref()
+            .is_none_or(|m| m.nrows() == n && m.ncols() == self.minibatch);
         if self.minibatch != self.params.minibatch_for(n)
-            || self.batch.nrows() != n
-            || self.batch.ncols() != self.minibatch
+            || !legacy_batch_fits
             || self.filled >= self.minibatch
         {
-            return Err("dictionary state: minibatch buffer inconsistent".into());
+            return Err("dictionary state: minibatch inconsistent".into());
         }
         // f64 values beyond the f32 range (an old checkpoint cannot hold them, a damaged one
         // might) would have become infinite when narrowed.
         let finite = |m: &DMatrix<T>| m.iter().all(|&v| v.into().is_finite());
-        if ![&self.a, &self.d, &self.dictionary, &self.batch]
+        if ![&self.a, &self.d, &self.dictionary]
             .into_iter()
+            .chain(self.batch.as_ref())
             .all(finite)
         {
             return Err("dictionary state: non-finite value".into());
@@ -279,8 +309,8 @@ impl<T: StorageScalar> OrthoDictionary<T> {
             a: q.transpose(),
             d: DMatrix::from_element(n, n, zero),
             dictionary: q,
-            batch: DMatrix::from_element(n, b, zero),
             filled: 0,
+            batch: None,
             steps: 0,
             version: 0,
             gap: 0.0,
@@ -374,10 +404,7 @@ impl<T: StorageScalar> OrthoDictionary<T> {
         );
         debug_assert!(y.iter().all(|v| v.is_finite()), "non-finite window");
         let st = &mut self.state;
-        // Stored as f32 like the rest of the state: the step widens it back.
-        for (b, &v) in st.batch.column_mut(st.filled).iter_mut().zip(y) {
-            *b = T::from_f64(v);
-        }
+        absorb(st, y, scratch.window(n));
         st.filled += 1;
         if st.filled < st.minibatch {
             return LearnOutcome::Buffered;
@@ -425,7 +452,6 @@ fn step<T: StorageScalar>(st: &mut State<T>, ws: &mut Workspace) -> LearnOutcome
     widen(&st.a, &mut ws.a);
     widen(&st.d, &mut ws.d);
     widen(&st.dictionary, &mut ws.dictionary);
-    widen(&st.batch, &mut ws.y);
     let outcome = step_f64(st, ws);
     if outcome == LearnOutcome::Stepped {
         narrow(&ws.a, &mut st.a);
@@ -438,26 +464,14 @@ fn step<T: StorageScalar>(st: &mut State<T>, ws: &mut Workspace) -> LearnOutcome
 /// The step proper, on the f64 copies in `ws` (A, d, D, Y); `st` supplies the parameters and
 /// the counters, and receives the counters, gap and step count.
 fn step_f64<T: StorageScalar>(st: &mut State<T>, ws: &mut Workspace) -> LearnOutcome {
-    let b = st.minibatch as f64;
-    // Z = A·Y, then the objective's gradient weights: Z∘|Z| (ℓ3) or Z∘Z∘Z (ℓ4).
-    ws.z.gemm(1.0, &ws.a, &ws.y, 0.0);
-    match st.params.objective {
-        Objective::L3 => ws.z.apply(|z| *z *= z.abs()),
-        Objective::L4 => ws.z.apply(|z| *z = *z * *z * *z),
-    }
-    // g = (1/b)·W·Yᵀ.
-    gemm_nt(&mut ws.g, 1.0 / b, &ws.z, &ws.y);
-    let t = st.steps + 1;
-    let (rho, gamma) = st.params.rates(t);
-    // Candidate d ← (1−ρ)·d + ρ·g. With zero data and a zero (or, for ρ = 1, discarded)
-    // history there is no direction: skip rather than ask the oracle for polar(0).
-    ws.next.copy_from(&ws.d);
-    blend(&mut ws.next, rho, &ws.g);
-    if ws.next.iter().all(|&v| v == 0.0) {
+    let (_, gamma) = st.params.rates(st.steps + 1);
+    // d ← (1−ρ)·d + ρ·g is already done, window by window (`absorb`). With zero data and a
+    // zero (or, for ρ = 1, discarded) history there is no direction: skip rather than ask the
+    // oracle for polar(0).
+    if ws.d.iter().all(|&v| v == 0.0) {
         st.stats.skipped += 1;
         return LearnOutcome::Skipped;
     }
-    std::mem::swap(&mut ws.d, &mut ws.next);
     // Oracle S = polar(d), into `g`.
     ws.g.copy_from(&ws.d);
     let retry = st.steps % NS_RETRY == 0;
@@ -508,6 +522,40 @@ fn step_f64<T: StorageScalar>(st: &mut State<T>, ws: &mut Workspace) -> LearnOut
     st.steps += 1;
     st.version += 1;
     LearnOutcome::Stepped
+}
+
+/// Folds window `y` into the running gradient: at the first window of a minibatch
+/// d ← (1−ρ_t)·d, then for every window d ← d + (ρ_t/b)·w·yᵀ with w = z∘|z| (ℓ3) or z∘z∘z
+/// (ℓ4), z = A·y. After b windows d is (1−ρ_t)·d + ρ_t·g with g = (1/b)·Σ w·yᵀ, the spec's
+/// update, so the minibatch need not be kept. Each update is computed in f64 and stored as
+/// `T`. Costs two passes over n×n (z, then the rank-one update); `w` is n long.
+fn absorb<T: StorageScalar>(st: &mut State<T>, y: &[f64], w: &mut [f64]) {
+    let n = y.len();
+    let (rho, _) = st.params.rates(st.steps + 1);
+    if st.filled == 0 {
+        let keep = 1.0 - rho;
+        for v in st.d.iter_mut() {
+            *v = T::from_f64(keep * (*v).into());
+        }
+    }
+    // z = A·y, column by column of the column-major A.
+    w.fill(0.0);
+    for (column, &yj) in st.a.as_slice().chunks_exact(n).zip(y) {
+        for (z, &a) in w.iter_mut().zip(column) {
+            *z += a.into() * yj;
+        }
+    }
+    let c = rho / st.minibatch as f64;
+    match st.params.objective {
+        Objective::L3 => w.iter_mut().for_each(|z| *z = c * (*z * z.abs())),
+        Objective::L4 => w.iter_mut().for_each(|z| *z = c * (*z * *z * *z)),
+    }
+    // d ← d + (ρ/b)·w·yᵀ: column j of d gains y_j·(ρ/b)·w.
+    for (column, &yj) in st.d.as_mut_slice().chunks_exact_mut(n).zip(y) {
+        for (d, &wi) in column.iter_mut().zip(w.iter()) {
+            *d = T::from_f64((*d).into() + wi * yj);
+        }
+    }
 }
 
 /// `dst ← src` widened to f64 (exact).
@@ -594,5 +642,54 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 40);
+    }
+}
+
+#[cfg(test)]
+mod legacy_tests {
+    use super::*;
+
+    /// A checkpoint written while the learner kept a minibatch buffer (field `batch`, d not
+    /// yet scaled for the coming step) loads into the same state as a learner that folded
+    /// those windows into d as they came.
+    #[test]
+    fn a_checkpoint_with_a_minibatch_buffer_is_folded_into_d() {
+        let n = 6;
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+        // Windows exactly representable in f32, so the old buffer held them exactly.
+        let mut window = || -> Vec<f64> {
+            (0..n)
+                .map(|_| f64::from(rng.random_range(-1.0f32..1.0)))
+                .collect()
+        };
+        let mut before = OrthoDictionary::new(DictionaryParams::default(), n);
+        for _ in 0..3 * n {
+            before.learn(&window());
+        }
+        assert_eq!((before.steps(), before.pending()), (3, 0));
+        let pending: Vec<Vec<f64>> = (0..4).map(|_| window()).collect();
+        let mut now = before.clone();
+        for y in &pending {
+            assert_eq!(now.learn(y), LearnOutcome::Buffered);
+        }
+        // The old layout: the state at the start of the minibatch plus the buffered windows.
+        let mut batch = DMatrix::<f32>::zeros(n, n);
+        for (j, y) in pending.iter().enumerate() {
+            for (i, &v) in y.iter().enumerate() {
+                batch[(i, j)] = v as f32;
+            }
+        }
+        let mut old = serde_json::to_value(&before).unwrap();
+        old["filled"] = serde_json::json!(pending.len());
+        old["batch"] = serde_json::to_value(&batch).unwrap();
+        let restored: OrthoDictionary = serde_json::from_value(old.clone()).unwrap();
+        assert!(restored == now, "folded state differs");
+        assert!(serde_json::to_value(&restored)
+            .unwrap()
+            .get("batch")
+            .is_none());
+        // A buffer of the wrong shape is refused.
+        old["batch"] = serde_json::to_value(DMatrix::<f32>::zeros(n, n - 1)).unwrap();
+        assert!(serde_json::from_value::<OrthoDictionary>(old).is_err());
     }
 }
