@@ -26,6 +26,11 @@ use serde::{Deserialize, Serialize};
 pub trait StorageScalar:
     nalgebra::Scalar + Copy + Into<f64> + Serialize + DeserializeOwned + Send + Sync
 {
+    /// Whether a learner with this storage keeps its minibatch's windows and computes the
+    /// gradient at the step with one matrix product (f64: the paper's algorithm with the
+    /// summation order of before, which the replication example measures), or folds each
+    /// window into the running gradient as it arrives (f32: no buffer, the daemon's choice).
+    const KEEPS_MINIBATCH: bool;
     /// `v` rounded to this type (nearest f32, or `v` itself).
     fn from_f64(v: f64) -> Self;
     /// x_i = ⟨atom_i, y⟩ for every atom of the column-major `d`, in the fixed order of
@@ -35,6 +40,7 @@ pub trait StorageScalar:
 }
 
 impl StorageScalar for f32 {
+    const KEEPS_MINIBATCH: bool = false;
     fn from_f64(v: f64) -> Self {
         v as f32
     }
@@ -44,6 +50,7 @@ impl StorageScalar for f32 {
 }
 
 impl StorageScalar for f64 {
+    const KEEPS_MINIBATCH: bool = true;
     fn from_f64(v: f64) -> Self {
         v
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::identity::AtomMatcher;
 use super::params::{DictionaryParams, Objective, PolarMethod, Retraction};
-use super::polar::{polar_svd, PolarWorkspace};
+use super::polar::{gemm_nt, polar_svd, PolarWorkspace};
 use crate::coding::{encode_threshold, encode_top_k, SparseCode, StorageScalar};
 
 /// What [`OrthoDictionary::learn`] did with a window.
@@ -37,10 +37,12 @@ pub struct DictionaryStats {
 
 /// Everything that defines the learner; serialised as is.
 ///
-/// There is no minibatch buffer: the gradient of the ℓ3/ℓ4 objective is a sum of per-window
-/// outer products, so each window is folded into d as it arrives ([`absorb`]), and d
-/// between the first window of a minibatch and its step already holds
-/// (1−ρ_t)·d_{t−1} + (ρ_t/b)·Σ w_i·y_iᵀ. The three n×n matrices are stored as `T` (f32 in
+/// With f32 storage there is no minibatch buffer: the gradient of the ℓ3/ℓ4 objective is a
+/// sum of per-window outer products, so each window is folded into d as it arrives
+/// ([`absorb`]), and d between the first window of a minibatch and its step already holds
+/// (1−ρ_t)·d_{t−1} + (ρ_t/b)·Σ w_i·y_iᵀ. With f64 storage
+/// ([`StorageScalar::KEEPS_MINIBATCH`]) the windows are kept in `batch` and the gradient is
+/// one matrix product at the step, as the paper writes it. The three n×n matrices are stored as `T` (f32 in
 /// the daemon: a quarter of the f64 state with a minibatch buffer) and widened to f64 for
 /// the step itself ([`step`]), which narrows its results back on exit. Rounding to f32 perturbs A, d and D by
 /// about 6e-8 relative per step, far below the stochastic gradient's own noise, so the
@@ -61,12 +63,12 @@ struct State<T: StorageScalar> {
     d: DMatrix<T>,
     /// The published dictionary D = polar(A)ᵀ (atoms are columns), orthogonal to f32 rounding.
     dictionary: DMatrix<T>,
-    /// Windows of the current minibatch already folded into d.
+    /// Windows of the current minibatch taken (folded into d, or kept in `batch`).
     filled: usize,
-    /// Only in checkpoints written before the windows were folded into d as they came: the
-    /// minibatch being collected, one window per column, the first `filled` valid, and d not
-    /// yet scaled for the step. Folded into d when such a checkpoint is read; never written.
-    #[serde(default, skip_serializing)]
+    /// The minibatch being collected, one window per column, the first `filled` valid, and d
+    /// not yet updated for the step: kept by f64 learners; in an f32 learner only when read
+    /// from a checkpoint written before windows were folded into d, and folded at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     batch: Option<DMatrix<T>>,
     /// Steps taken (t − 1 in the spec's notation).
     steps: u64,
@@ -94,6 +96,10 @@ struct Workspace {
     a: DMatrix<f64>,
     d: DMatrix<f64>,
     dictionary: DMatrix<f64>,
+    /// Learners that keep their minibatch only: the windows Y widened, and their codes A·Y,
+    /// then the gradient weights (n × b each; empty until such a learner steps).
+    y: DMatrix<f64>,
+    z: DMatrix<f64>,
     /// The oracle answer S.
     g: DMatrix<f64>,
     /// Candidate running gradient, then the new dictionary before matching.
@@ -112,6 +118,8 @@ impl Workspace {
             a: DMatrix::zeros(n, n),
             d: DMatrix::zeros(n, n),
             dictionary: DMatrix::zeros(n, n),
+            y: DMatrix::zeros(0, 0),
+            z: DMatrix::zeros(0, 0),
             g: DMatrix::zeros(n, n),
             next: DMatrix::zeros(n, n),
             aligned: DMatrix::zeros(n, n),
@@ -123,7 +131,7 @@ impl Workspace {
     /// Heap bytes held (f64 and index buffers).
     fn bytes(&self) -> usize {
         let n = self.n;
-        8 * (7 * n * n + 2 * n) + self.matcher.bytes()
+        8 * (7 * n * n + 2 * n + self.y.len() + self.z.len()) + self.matcher.bytes()
     }
 }
 
@@ -227,7 +235,17 @@ impl<'de, T: StorageScalar> Deserialize<'de> for OrthoDictionary<T> {
         state.validate().map_err(serde::de::Error::custom)?;
         // A checkpoint with a minibatch buffer: fold its windows into d, as `learn` would
         // have done had they arrived now.
-        if let Some(batch) = state.batch.take() {
+        if T::KEEPS_MINIBATCH && state.batch.is_none() {
+            // Written by a learner that folds windows into d: fine at a minibatch boundary.
+            if state.filled != 0 {
+                return Err(serde::de::Error::custom(
+                    "dictionary state: a folded minibatch cannot be resumed with a kept one",
+                ));
+            }
+            let (n, b) = (state.dictionary.nrows(), state.minibatch);
+            state.batch = Some(DMatrix::from_element(n, b, T::from_f64(0.0)));
+        }
+        if let Some(batch) = state.batch.take_if(|_| !T::KEEPS_MINIBATCH) {
             let (n, filled) = (batch.nrows(), state.filled);
             state.filled = 0;
             let (mut y, mut w) = (vec![0.0; n], vec![0.0; n]);
@@ -310,7 +328,7 @@ impl<T: StorageScalar> OrthoDictionary<T> {
             d: DMatrix::from_element(n, n, zero),
             dictionary: q,
             filled: 0,
-            batch: None,
+            batch: T::KEEPS_MINIBATCH.then(|| DMatrix::from_element(n, b, zero)),
             steps: 0,
             version: 0,
             gap: 0.0,
@@ -404,7 +422,14 @@ impl<T: StorageScalar> OrthoDictionary<T> {
         );
         debug_assert!(y.iter().all(|v| v.is_finite()), "non-finite window");
         let st = &mut self.state;
-        absorb(st, y, scratch.window(n));
+        match &mut st.batch {
+            Some(batch) => {
+                for (b, &v) in batch.column_mut(st.filled).iter_mut().zip(y) {
+                    *b = T::from_f64(v);
+                }
+            }
+            None => absorb(st, y, scratch.window(n)),
+        }
         st.filled += 1;
         if st.filled < st.minibatch {
             return LearnOutcome::Buffered;
@@ -464,11 +489,32 @@ fn step<T: StorageScalar>(st: &mut State<T>, ws: &mut Workspace) -> LearnOutcome
 /// The step proper, on the f64 copies in `ws` (A, d, D, Y); `st` supplies the parameters and
 /// the counters, and receives the counters, gap and step count.
 fn step_f64<T: StorageScalar>(st: &mut State<T>, ws: &mut Workspace) -> LearnOutcome {
-    let (_, gamma) = st.params.rates(st.steps + 1);
-    // d ← (1−ρ)·d + ρ·g is already done, window by window (`absorb`). With zero data and a
-    // zero (or, for ρ = 1, discarded) history there is no direction: skip rather than ask the
-    // oracle for polar(0).
-    if ws.d.iter().all(|&v| v == 0.0) {
+    let (rho, gamma) = st.params.rates(st.steps + 1);
+    // d ← (1−ρ)·d + ρ·g: already done window by window (`absorb`), or now from the kept
+    // minibatch. With zero data and a zero (or, for ρ = 1, discarded) history there is no
+    // direction: skip rather than ask the oracle for polar(0).
+    if let Some(batch) = &st.batch {
+        if ws.y.shape() != batch.shape() {
+            ws.y = DMatrix::zeros(batch.nrows(), batch.ncols());
+            ws.z = DMatrix::zeros(batch.nrows(), batch.ncols());
+        }
+        widen(batch, &mut ws.y);
+        // Z = A·Y, then the objective's gradient weights: Z∘|Z| (ℓ3) or Z∘Z∘Z (ℓ4).
+        ws.z.gemm(1.0, &ws.a, &ws.y, 0.0);
+        match st.params.objective {
+            Objective::L3 => ws.z.apply(|z| *z *= z.abs()),
+            Objective::L4 => ws.z.apply(|z| *z = *z * *z * *z),
+        }
+        // g = (1/b)·W·Yᵀ, then the candidate d.
+        gemm_nt(&mut ws.g, 1.0 / st.minibatch as f64, &ws.z, &ws.y);
+        ws.next.copy_from(&ws.d);
+        blend(&mut ws.next, rho, &ws.g);
+        if ws.next.iter().all(|&v| v == 0.0) {
+            st.stats.skipped += 1;
+            return LearnOutcome::Skipped;
+        }
+        std::mem::swap(&mut ws.d, &mut ws.next);
+    } else if ws.d.iter().all(|&v| v == 0.0) {
         st.stats.skipped += 1;
         return LearnOutcome::Skipped;
     }
@@ -688,6 +734,16 @@ mod legacy_tests {
             .unwrap()
             .get("batch")
             .is_none());
+        // An f64 learner keeps its minibatch, and a checkpoint of it mid-minibatch restores
+        // that buffer.
+        let mut exact = OrthoDictionary::<f64>::with_storage(DictionaryParams::default(), n);
+        for y in &pending {
+            exact.learn(y);
+        }
+        let json = serde_json::to_string(&exact).unwrap();
+        assert!(json.contains("\"batch\""));
+        let back: OrthoDictionary<f64> = serde_json::from_str(&json).unwrap();
+        assert!(back == exact);
         // A buffer of the wrong shape is refused.
         old["batch"] = serde_json::to_value(DMatrix::<f32>::zeros(n, n - 1)).unwrap();
         assert!(serde_json::from_value::<OrthoDictionary>(old).is_err());

@@ -54,6 +54,23 @@ pub(crate) fn gemm_tn(out: &mut DMatrix<f64>, alpha: f64, x: &DMatrix<f64>, y: &
     }
 }
 
+/// `out = α·x·yᵀ`.
+pub(crate) fn gemm_nt(out: &mut DMatrix<f64>, alpha: f64, x: &DMatrix<f64>, y: &DMatrix<f64>) {
+    if out.nrows().min(out.ncols()).min(x.ncols()) > SMALL_DIM {
+        out.gemm(alpha, x, &transposed(y), 0.0);
+        return;
+    }
+    out.fill(0.0);
+    for (xk, yk) in x.column_iter().zip(y.column_iter()) {
+        for (j, mut col) in out.column_iter_mut().enumerate() {
+            let w = alpha * yk[j];
+            for (o, &xv) in col.iter_mut().zip(xk.iter()) {
+                *o += w * xv;
+            }
+        }
+    }
+}
+
 /// Buffers for the Newton–Schulz iteration on n×n matrices, allocated once.
 #[derive(Debug, Clone)]
 pub(crate) struct PolarWorkspace {
