@@ -42,14 +42,15 @@ pub struct DictionaryStats {
 /// ([`absorb`]), and d between the first window of a minibatch and its step already holds
 /// (1−ρ_t)·d_{t−1} + (ρ_t/b)·Σ w_i·y_iᵀ. With f64 storage
 /// ([`StorageScalar::KEEPS_MINIBATCH`]) the windows are kept in `batch` and the gradient is
-/// one matrix product at the step, as the paper writes it. The three n×n matrices are stored as `T` (f32 in
-/// the daemon: a quarter of the f64 state with a minibatch buffer) and widened to f64 for
-/// the step itself ([`step`]), which narrows its results back on exit. Rounding to f32 perturbs A, d and D by
-/// about 6e-8 relative per step, far below the stochastic gradient's own noise, so the
-/// trajectory and the replication targets are unaffected (BENCHMARKS.md); the published D is
-/// orthogonal to f32 precision (‖DᵀD − I‖_F ≲ √n·2⁻²³, see [`OrthoDictionary::dictionary`]).
-/// A checkpoint written before (f64 matrices) decodes into this state by rounding each value
-/// to the nearest f32, which is what the learner would have stored.
+/// one matrix product at the step, as the paper writes it. A, d and D are stored as `T`
+/// (f32 in the daemon: three eighths of the f64 state with a minibatch buffer) and widened to
+/// f64 for the step itself ([`step`]), which narrows its results back on exit. Rounding to
+/// f32 perturbs A, d and D by about 6e-8 relative, far below the stochastic gradient's own
+/// noise; it does change the trajectory in its chaotic first ~100 steps under the paper's
+/// unclamped schedule, which is why the replication keeps f64 (BENCHMARKS.md). The published
+/// D is orthogonal to f32 precision (see [`OrthoDictionary::dictionary`]). A checkpoint
+/// written before (f64 matrices, a minibatch buffer) decodes into an f32 state by rounding
+/// each value to the nearest f32 and folding the buffered windows into d.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "")]
 struct State<T: StorageScalar> {
