@@ -242,6 +242,100 @@ fn an_undecodable_record_is_incompatible() {
     );
 }
 
+/// Adds a relative 2⁻⁴⁰ to every non-zero float under `v`: the value then needs f64 (CBOR
+/// writes it as a double) and its nearest f32 is still the original. Returns how many changed.
+fn widen_floats(v: &mut ciborium::Value) -> usize {
+    match v {
+        ciborium::Value::Float(x) if *x != 0.0 => {
+            *x += *x * 2f64.powi(-40);
+            1
+        }
+        ciborium::Value::Array(items) => items.iter_mut().map(widen_floats).sum(),
+        ciborium::Value::Map(entries) => entries.iter_mut().map(|(_, v)| widen_floats(v)).sum(),
+        _ => 0,
+    }
+}
+
+/// Sets every float under `v` to `x`.
+fn set_floats(v: &mut ciborium::Value, x: f64) {
+    match v {
+        ciborium::Value::Float(f) => *f = x,
+        ciborium::Value::Array(items) => items.iter_mut().for_each(|v| set_floats(v, x)),
+        ciborium::Value::Map(entries) => entries.iter_mut().for_each(|(_, v)| set_floats(v, x)),
+        _ => {}
+    }
+}
+
+/// The entry `key` of a CBOR map.
+fn entry<'a>(v: &'a mut ciborium::Value, key: &str) -> &'a mut ciborium::Value {
+    let ciborium::Value::Map(entries) = v else {
+        panic!("{key}: not inside a map");
+    };
+    entries
+        .iter_mut()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no field {key}"))
+}
+
+/// Migration: checkpoints written before the dictionary learner stored its matrices as f32
+/// and folded windows into its gradient as they came (same format version 1 and record
+/// layout, but A, d, D as f64 values and a minibatch buffer `batch`; emulated here from a
+/// stream at a minibatch boundary by giving every such value bits an f32 cannot hold and
+/// adding the buffer) still load. Each value is rounded to the nearest f32, the record then
+/// equals the state it came from, and the stream continues exactly like one that was never
+/// checkpointed. (Buffered windows mid-minibatch are folded into d on load: the dsp unit
+/// test `a_checkpoint_with_a_minibatch_buffer_is_folded_into_d`.)
+#[test]
+fn a_checkpoint_with_f64_learner_state_loads_rounded_to_f32() {
+    let mut record = learned("old-build", 600);
+    let mut t = 600;
+    while record.pipeline.dictionary().unwrap().pending() != 0 {
+        record
+            .pipeline
+            .push(Sample::new(t * 1000, &value(t)).unwrap());
+        t += 1;
+        assert!(t < 2000, "no minibatch boundary");
+    }
+    let n = record.pipeline.dictionary().expect("a dictionary").n();
+    let current = encode_stream(&record.key, &record.channels, &record.pipeline);
+    let mut value: ciborium::Value = ciborium::from_reader(current.as_slice()).unwrap();
+    let state = entry(entry(entry(&mut value, "pipeline"), "codes"), "dictionary");
+    let mut widened: usize = ["a", "d", "dictionary"]
+        .iter()
+        .map(|m| widen_floats(entry(state, m)))
+        .sum();
+    assert!(widened > 2 * n * n, "only {widened} values widened");
+    // The buffer (n × b, b = n by default) had A's layout; its windows are ignored at a
+    // minibatch boundary (none buffered), so any f64 values do.
+    let mut batch = entry(state, "a").clone();
+    set_floats(&mut batch, 0.1);
+    widened += widen_floats(&mut batch);
+    let ciborium::Value::Map(fields) = state else {
+        unreachable!()
+    };
+    fields.push((ciborium::Value::Text("batch".into()), batch));
+    let mut old = Vec::new();
+    ciborium::into_writer(&value, &mut old).unwrap();
+    // Each widened value is now a 9-byte double instead of a 5-byte (or shorter) single.
+    assert!(old.len() >= current.len() + 4 * widened);
+
+    let meta = Meta {
+        created_ms: 1,
+        node: "edge-1".into(),
+        daemon_version: "0.1.0 (f64 learner state)".into(),
+        streams: 1,
+    };
+    let decoded = decode_file(&encode_file(&meta, &[old])).expect("an f64 checkpoint loads");
+    let mut restored = decoded.streams.into_iter().next().unwrap().record;
+    assert!(restored == record, "not rounded back to the f32 state");
+    let mut uninterrupted = record.pipeline;
+    assert_eq!(
+        feed(&mut restored.pipeline, t..t + 600),
+        feed(&mut uninterrupted, t..t + 600)
+    );
+}
+
 /// The daemon was killed -9 while writing: half a temporary file is left. It is removed
 /// and the last complete checkpoint is loaded.
 #[test]

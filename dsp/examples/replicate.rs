@@ -16,6 +16,12 @@
 //! no clamping, no floors, retraction every step) unless a row says otherwise. Each value is
 //! the mean over the seeds; seed s drives both the data and the learner's start, so methods
 //! are compared on the same samples. Work is spread over two threads (one per core).
+//!
+//! The learners store their state as f64 (`OrthoDictionary::<f64>`), the paper's algorithm
+//! as written. The daemon's learners store it as f32 between (f64) steps; that perturbs the
+//! chaotic first hundred iterations of the unclamped paper schedule enough to move the
+//! 20-seed mean of T2 at iteration 100 across its bound (3.32e-2 against ≤ 3e-2, f64 2.68e-2),
+//! while every later checkpoint agrees (BENCHMARKS.md).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -134,11 +140,11 @@ fn gaussian(n: usize, rng: &mut Xoshiro256PlusPlus) -> DMatrix<f64> {
 }
 
 /// One run: returns err at each checkpoint ≤ the experiment's length, and the learner.
-fn run(job: Job, seed: u64) -> (Vec<(u64, f64)>, OrthoDictionary) {
+fn run(job: Job, seed: u64) -> (Vec<(u64, f64)>, OrthoDictionary<f64>) {
     let Experiment { n, b, .. } = job.exp;
     let mut data_rng = Xoshiro256PlusPlus::seed_from_u64(0xDA7A ^ seed.wrapping_mul(0x9E37));
     let truth = gaussian(n, &mut data_rng).qr().q();
-    let mut learner = OrthoDictionary::new(job.method.params(b, seed), n);
+    let mut learner = OrthoDictionary::<f64>::with_storage(job.method.params(b, seed), n);
     let mut x = vec![0.0; n];
     let mut y = vec![0.0; n];
     let mut errs = vec![(0, recovery_error(learner.dictionary(), &truth))];

@@ -6,7 +6,7 @@ use nalgebra::DMatrix;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use sparsewatch_dsp::coding::SparseCode;
+use sparsewatch_dsp::coding::{SparseCode, StorageScalar};
 use sparsewatch_dsp::dictionary::{
     DictionaryParams, LearnOutcome, LearnScratch, Objective, OrthoDictionary, Retraction, Schedule,
 };
@@ -55,16 +55,28 @@ impl Synthetic {
     }
 
     /// err = |1 − ‖Dᵀ·D_o‖₄⁴ / n| (spec §4).
-    fn error(&self, dictionary: &DMatrix<f64>) -> f64 {
-        let m = dictionary.transpose() * &self.truth;
+    fn error(&self, dictionary: &DMatrix<f32>) -> f64 {
+        let m = dictionary.map(f64::from).transpose() * &self.truth;
         let n = self.truth.nrows() as f64;
         (1.0 - m.iter().map(|v| v.powi(4)).sum::<f64>() / n).abs()
     }
 }
 
-fn orthogonality_error(d: &DMatrix<f64>) -> f64 {
+/// ‖DᵀD − I‖_F, computed in f64.
+fn orthogonality_error<T: StorageScalar>(d: &DMatrix<T>) -> f64 {
     let n = d.nrows();
-    (d.transpose() * d - DMatrix::<f64>::identity(n, n)).norm()
+    let d = widened(d);
+    (d.transpose() * &d - DMatrix::<f64>::identity(n, n)).norm()
+}
+
+/// The precision the published dictionary is orthogonal to. The learner computes
+/// D = polar(A)ᵀ in f64 (orthogonal to ~1e-15, asserted by the learner's unit tests) and
+/// stores it as f32 to halve a stream's memory; rounding moves each entry by at most 2⁻²⁴ of
+/// its size, which puts ‖DᵀD − I‖_F near √n·2⁻²³. The bound n·2⁻²³ leaves a factor √n of
+/// margin and is still five orders of magnitude below anything the coder or the scorers
+/// could notice.
+fn f32_orthogonality_bound(n: usize) -> f64 {
+    n as f64 * f64::from(f32::EPSILON)
 }
 
 /// The algorithm of spec §2 written out directly.
@@ -89,6 +101,9 @@ mod reference {
     }
 
     pub struct Learner {
+        /// Round the stored state (A, and d after every window) to f32 as the f32 learner
+        /// does.
+        pub f32_storage: bool,
         pub params: DictionaryParams,
         pub a: DMatrix<f64>,
         pub d: DMatrix<f64>,
@@ -98,25 +113,47 @@ mod reference {
     impl Learner {
         pub fn step(&mut self, ys: &[Vec<f64>]) {
             let (n, b) = (self.a.nrows(), ys.len());
-            let mut g = DMatrix::zeros(n, n);
-            for y in ys {
-                for i in 0..n {
-                    let z: f64 = (0..n).map(|j| self.a[(i, j)] * y[j]).sum();
-                    let w = match self.params.objective {
-                        Objective::L3 => z * z.abs(),
-                        Objective::L4 => z * z * z,
-                    };
-                    for j in 0..n {
-                        g[(i, j)] += w * y[j] / b as f64;
+            let (rho, gamma) = self.params.rates(self.t);
+            let weight = |z: f64| match self.params.objective {
+                Objective::L3 => z * z.abs(),
+                Objective::L4 => z * z * z,
+            };
+            if self.f32_storage {
+                // The f32 learner folds each window into d as it arrives and stores d as f32
+                // after every window; model that storage here, and only that (the sum is the
+                // spec's, in f64).
+                let r = |v: f64| f64::from(v as f32);
+                self.d = self.d.map(|v| r((1.0 - rho) * v));
+                for y in ys {
+                    for i in 0..n {
+                        let z: f64 = (0..n).map(|j| self.a[(i, j)] * y[j]).sum();
+                        let w = rho / b as f64 * weight(z);
+                        for (j, yj) in y.iter().enumerate() {
+                            self.d[(i, j)] = r(self.d[(i, j)] + w * yj);
+                        }
                     }
                 }
+            } else {
+                let mut g = DMatrix::zeros(n, n);
+                for y in ys {
+                    for i in 0..n {
+                        let z: f64 = (0..n).map(|j| self.a[(i, j)] * y[j]).sum();
+                        let w = weight(z);
+                        for j in 0..n {
+                            g[(i, j)] += w * y[j] / b as f64;
+                        }
+                    }
+                }
+                self.d = &self.d * (1.0 - rho) + g * rho;
             }
-            let (rho, gamma) = self.params.rates(self.t);
-            self.d = &self.d * (1.0 - rho) + g * rho;
             let s = polar(&self.d);
             self.a = &self.a * (1.0 - gamma) + s * gamma;
             if self.params.retraction == Retraction::EveryStep {
                 self.a = polar(&self.a);
+            }
+            if self.f32_storage {
+                self.a = self.a.map(|v| f64::from(v as f32));
+                self.d = self.d.map(|v| f64::from(v as f32));
             }
             self.t += 1;
         }
@@ -148,13 +185,17 @@ mod reference {
 /// Asserts that the fast learner's state equals the reference's up to the signed permutation
 /// of atoms the learner applies (the reference does not relabel), within `tol`. The
 /// permutation is read off the orthogonal dictionaries, then checked on A and d row by row.
-fn assert_same_up_to_signed_permutation(
-    fast: &OrthoDictionary,
+fn widened<T: StorageScalar>(m: &DMatrix<T>) -> DMatrix<f64> {
+    m.map(|v| v.into())
+}
+
+fn assert_same_up_to_signed_permutation<T: StorageScalar>(
+    fast: &OrthoDictionary<T>,
     slow: &reference::Learner,
     tol: f64,
 ) {
     let n = fast.n();
-    let overlap = fast.dictionary().transpose() * slow.dictionary();
+    let overlap = widened(fast.dictionary()).transpose() * slow.dictionary();
     let mut used = vec![false; n];
     for i in 0..n {
         let (j, c) = (0..n)
@@ -167,9 +208,9 @@ fn assert_same_up_to_signed_permutation(
         );
         used[j] = true;
         let s = c.signum();
-        let diff = (fast.iterate().row(i) - slow.a.row(j) * s).norm();
+        let diff = (widened(fast.iterate()).row(i) - slow.a.row(j) * s).norm();
         assert!(diff < tol, "iterate row {i} differs by {diff:e}");
-        let diff = (fast.gradient_average().row(i) - slow.d.row(j) * s).norm();
+        let diff = (widened(fast.gradient_average()).row(i) - slow.d.row(j) * s).norm();
         let scale = 1.0 + slow.d.norm();
         assert!(diff < tol * scale, "gradient row {i} differs by {diff:e}");
     }
@@ -177,9 +218,17 @@ fn assert_same_up_to_signed_permutation(
 
 /// The fast learner (Newton–Schulz, in-place buffers, atom relabelling) follows the
 /// reference step for step, for both objectives and both retraction modes, with full and
-/// small (b < n, the small-matrix product path) minibatches.
+/// small (b < n, the small-matrix product path) minibatches. With f64 storage they agree to
+/// 1e-9. With f32 storage (the default) both round A and d to f32 between steps, so where
+/// their f64 results differ by rounding (~1e-10) the stored values may land on neighbouring
+/// f32s: the tolerance is a few f32 ulps.
 #[test]
 fn fast_path_matches_the_reference_implementation() {
+    follows_the_reference::<f64>(false, 1e-9);
+    follows_the_reference::<f32>(true, 1e-6);
+}
+
+fn follows_the_reference<T: StorageScalar>(f32_storage: bool, tol: f64) {
     let n = 8;
     for (objective, retraction, b, paper) in [
         (Objective::L3, Retraction::EveryStep, 8, true),
@@ -198,9 +247,10 @@ fn fast_path_matches_the_reference_implementation() {
             retraction,
             ..base
         };
-        let mut fast = OrthoDictionary::new(params.clone(), n);
+        let mut fast = OrthoDictionary::<T>::with_storage(params.clone(), n);
         let mut slow = reference::Learner {
-            a: fast.iterate().clone(),
+            f32_storage,
+            a: widened(fast.iterate()),
             d: DMatrix::zeros(n, n),
             t: 1,
             params,
@@ -218,17 +268,19 @@ fn fast_path_matches_the_reference_implementation() {
             }
             slow.step(&ys);
             if step < warm_up {
-                slow.a = fast.iterate().clone();
-                slow.d = fast.gradient_average().clone();
+                slow.a = widened(fast.iterate());
+                slow.d = widened(fast.gradient_average());
                 continue;
             }
-            assert_same_up_to_signed_permutation(&fast, &slow, 1e-9);
+            assert_same_up_to_signed_permutation(&fast, &slow, tol);
         }
     }
 }
 
-/// The published dictionary is orthogonal to working precision after many steps, whatever
-/// the retraction mode.
+/// The published dictionary is orthogonal to its storage precision after many steps,
+/// whatever the retraction mode: f32 (the default, see `f32_orthogonality_bound`) or f64
+/// (1e-12). Rounding does not accumulate, because each step recomputes D as a polar factor
+/// in f64.
 #[test]
 fn dictionary_stays_orthogonal() {
     let n = 16;
@@ -237,16 +289,28 @@ fn dictionary_stays_orthogonal() {
             retraction,
             ..DictionaryParams::default()
         };
-        let mut learner = OrthoDictionary::new(params, n);
-        assert!(orthogonality_error(learner.dictionary()) < 1e-12);
+        let mut learner = OrthoDictionary::new(params.clone(), n);
+        let mut exact = OrthoDictionary::<f64>::with_storage(params, n);
+        assert!(orthogonality_error(learner.dictionary()) < f32_orthogonality_bound(n));
         let mut data = Synthetic::new(n, 0.3, 2);
         for _ in 0..200 * n {
-            learner.learn(&data.sample());
+            let y = data.sample();
+            learner.learn(&y);
+            exact.learn(&y);
         }
+        // Stored as f64, D is orthogonal to f64 working precision.
+        let e = orthogonality_error(exact.dictionary());
+        assert!(
+            e < 1e-12,
+            "{retraction:?}, f64 storage: ‖DᵀD − I‖_F = {e:e}"
+        );
         assert_eq!(learner.steps(), 200);
         assert_eq!(learner.version(), 200);
         let e = orthogonality_error(learner.dictionary());
-        assert!(e < 1e-12, "{retraction:?}: ‖DᵀD − I‖_F = {e:e}");
+        assert!(
+            e < f32_orthogonality_bound(n),
+            "{retraction:?}: ‖DᵀD − I‖_F = {e:e}"
+        );
         assert!(learner.gap() >= -1e-12, "FW gap {}", learner.gap());
     }
 }
@@ -328,7 +392,7 @@ fn a_shared_scratch_gives_bit_identical_learners() {
     let mut dims_held: Vec<_> = scratch.dimensions().collect();
     dims_held.sort_unstable();
     assert_eq!(dims_held, vec![(5, 5), (8, 8), (12, 12)]);
-    let per_stream_state = |n: usize| 8 * 4 * n * n;
+    let per_stream_state = |n: usize| 4 * 3 * n * n;
     assert!(scratch.bytes() > per_stream_state(12));
 }
 
@@ -367,7 +431,7 @@ fn zero_and_constant_windows_produce_no_nan() {
     }
     let d = learner.dictionary();
     assert!(d.iter().all(|v| v.is_finite()));
-    assert!(orthogonality_error(d) < 1e-12);
+    assert!(orthogonality_error(d) < f32_orthogonality_bound(n));
     assert!(learner.iterate().iter().all(|v| v.is_finite()));
     assert!(learner.gradient_average().iter().all(|v| v.is_finite()));
     assert!(learner.stats().svd > 0, "a rank-one gradient needs the SVD");
@@ -396,9 +460,9 @@ fn rank_deficient_early_gradient_with_single_window_batches() {
         assert_eq!(learner.learn(&data.nonzero_sample()), LearnOutcome::Stepped);
         assert_eq!(learner.steps(), t);
         let e = orthogonality_error(learner.dictionary());
-        assert!(e < 1e-12, "step {t}: {e:e}");
-        let d = learner.gradient_average();
-        let nuclear: f64 = d.clone().svd(false, false).singular_values.sum();
+        assert!(e < f32_orthogonality_bound(n), "step {t}: {e:e}");
+        let d = learner.gradient_average().map(f64::from);
+        let nuclear: f64 = d.svd(false, false).singular_values.sum();
         assert!(
             learner.gap() >= -1e-9 * nuclear,
             "step {t}: gap {}",
@@ -451,15 +515,18 @@ fn codes_match_the_reference_coder() {
         for _ in 0..20 {
             let y = data.sample();
             learner.code(&y, k, &mut code);
-            let (order, residual) = reference::code(learner.dictionary(), &y, k);
+            let (order, residual) = reference::code(&learner.dictionary().map(f64::from), &y, k);
             assert_eq!(code.indices(), &order[..], "k={k}");
-            assert!((code.residual() - residual).abs() < 1e-12, "k={k}");
+            // The coder's residual is the energy of the dropped coefficients, which equals the
+            // reference's explicit ‖y − D·x_k‖² only as far as D is orthogonal: to f32
+            // precision.
+            assert!((code.residual() - residual).abs() < 1e-6, "k={k}");
             assert_eq!(code.version(), learner.version());
             code.reconstruct(learner.dictionary(), &mut y_hat);
             let explicit: f64 = y.iter().zip(&y_hat).map(|(a, b)| (a - b).powi(2)).sum();
             let energy: f64 = y.iter().map(|v| v * v).sum();
             if energy > 0.0 {
-                assert!((explicit / energy - code.residual()).abs() < 1e-12);
+                assert!((explicit / energy - code.residual()).abs() < 1e-6);
             }
         }
     }

@@ -7,13 +7,57 @@
 //! also gives that residual for free, as the energy of the dropped coefficients, so nothing is
 //! reconstructed on the hot path.
 //!
+//! The dictionary is stored as f32 (the learner keeps its state in single precision to halve
+//! a stream's memory); each atom entry is widened to f64 as it is loaded and every product
+//! and sum is f64, so a code is exact for the stored dictionary up to f64 rounding.
+//!
 //! [`SparseCode`] holds every buffer, allocated once for a dimension n; [`encode_top_k`] and
 //! [`encode_threshold`] fill it without allocating. The learner's
 //! [`OrthoDictionary::code`](crate::dictionary::OrthoDictionary::code) calls these with its
 //! current dictionary.
 
 use nalgebra::DMatrix;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// A scalar a dictionary is stored in: `f32` (the daemon's learners: half the memory) or
+/// `f64` (the replication of the paper's experiments). Coding and learning compute in f64
+/// either way; entries are widened exactly as they are read.
+pub trait StorageScalar:
+    nalgebra::Scalar + Copy + Into<f64> + Serialize + DeserializeOwned + Send + Sync
+{
+    /// Whether a learner with this storage keeps its minibatch's windows and computes the
+    /// gradient at the step with one matrix product (f64: the paper's algorithm with the
+    /// summation order of before, which the replication example measures), or folds each
+    /// window into the running gradient as it arrives (f32: no buffer, the daemon's choice).
+    const KEEPS_MINIBATCH: bool;
+    /// `v` rounded to this type (nearest f32, or `v` itself).
+    fn from_f64(v: f64) -> Self;
+    /// x_i = ⟨atom_i, y⟩ for every atom of the column-major `d`, in the fixed order of
+    /// [`project_atoms_generic`] (the f32 path may use a SIMD kernel with the same bits).
+    #[doc(hidden)]
+    fn project_atoms(d: &[Self], y: &[f64], x: &mut [f64]);
+}
+
+impl StorageScalar for f32 {
+    const KEEPS_MINIBATCH: bool = false;
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn project_atoms(d: &[f32], y: &[f64], x: &mut [f64]) {
+        project_atoms(d, y, x);
+    }
+}
+
+impl StorageScalar for f64 {
+    const KEEPS_MINIBATCH: bool = true;
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn project_atoms(d: &[f64], y: &[f64], x: &mut [f64]) {
+        project_atoms_generic(d, y, x);
+    }
+}
 
 /// The code of one window: all coefficients, the kept ones in decreasing |value| order, and
 /// the residual energy. Reused from window to window.
@@ -86,12 +130,12 @@ impl SparseCode {
 
     /// Writes ŷ = D·x_k, the k-term approximation, into `out` (length n). Not needed for the
     /// residual; for consumers that want the denoised window.
-    pub fn reconstruct(&self, dictionary: &DMatrix<f64>, out: &mut [f64]) {
+    pub fn reconstruct<T: StorageScalar>(&self, dictionary: &DMatrix<T>, out: &mut [f64]) {
         assert_eq!(out.len(), self.n(), "output length must be n");
         out.fill(0.0);
         for (&i, &v) in self.indices().iter().zip(self.values()) {
             for (o, &a) in out.iter_mut().zip(dictionary.column(i).iter()) {
-                *o += v * a;
+                *o += v * a.into();
             }
         }
     }
@@ -102,8 +146,8 @@ impl SparseCode {
 ///
 /// # Panics
 /// If `y` or `out` do not have the dictionary's dimension. `y` must be finite (debug-checked).
-pub fn encode_top_k(
-    dictionary: &DMatrix<f64>,
+pub fn encode_top_k<T: StorageScalar>(
+    dictionary: &DMatrix<T>,
     version: u64,
     y: &[f64],
     k: usize,
@@ -135,8 +179,8 @@ pub fn encode_top_k(
 
 /// Like [`encode_top_k`], but keeps every coefficient with |x_i| ≥ `threshold` (hard
 /// thresholding), largest first.
-pub fn encode_threshold(
-    dictionary: &DMatrix<f64>,
+pub fn encode_threshold<T: StorageScalar>(
+    dictionary: &DMatrix<T>,
     version: u64,
     y: &[f64],
     threshold: f64,
@@ -169,7 +213,12 @@ pub fn encode_threshold(
 }
 
 /// x = Dᵀ·y and ‖y‖² into `out`.
-fn project(dictionary: &DMatrix<f64>, version: u64, y: &[f64], out: &mut SparseCode) {
+fn project<T: StorageScalar>(
+    dictionary: &DMatrix<T>,
+    version: u64,
+    y: &[f64],
+    out: &mut SparseCode,
+) {
     let n = dictionary.nrows();
     assert_eq!(
         y.len(),
@@ -178,7 +227,7 @@ fn project(dictionary: &DMatrix<f64>, version: u64, y: &[f64], out: &mut SparseC
     );
     assert_eq!(out.n(), n, "SparseCode was allocated for another dimension");
     debug_assert!(y.iter().all(|v| v.is_finite()), "non-finite window");
-    project_atoms(dictionary.as_slice(), y, &mut out.coefficients);
+    T::project_atoms(dictionary.as_slice(), y, &mut out.coefficients);
     out.energy = dot(y, y);
     out.version = version;
 }
@@ -186,7 +235,8 @@ fn project(dictionary: &DMatrix<f64>, version: u64, y: &[f64], out: &mut SparseC
 /// Residual from the kept coefficients.
 fn finish(out: &mut SparseCode) {
     // With D orthogonal, ‖y − D·x_k‖² = ‖y‖² − Σ_kept x_i². Computed as written, in the
-    // form the spec gives, then clamped: rounding may push it a few ulps outside [0, 1].
+    // form the spec gives, then clamped: rounding (of the sums, and of D to f32, which makes
+    // it orthogonal only to ~1e-7) may push it slightly outside [0, 1].
     let kept_energy: f64 = out.values[..out.kept].iter().map(|v| v * v).sum();
     out.residual = if out.energy > 0.0 {
         ((out.energy - kept_energy) / out.energy).clamp(0.0, 1.0)
@@ -198,12 +248,12 @@ fn finish(out: &mut SparseCode) {
 /// x_i = ⟨atom_i, y⟩ for every atom (column) of the column-major `d`.
 ///
 /// Every coefficient is summed in one fixed order, whatever the path: eight partial sums,
-/// lane l collecting the products at positions l, l + 8, l + 16, … (multiply, then add; no
-/// FMA contraction), folded as ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7)), then the
+/// lane l collecting the products f64(atom[l])·y[l] at positions l, l + 8, l + 16, … (widen,
+/// multiply, then add; no FMA contraction), folded as ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7)), then the
 /// products past the last multiple of eight added in order. So the AVX2 kernel (chosen at run
 /// time; std caches the CPU check) and the portable one give bit-identical results, and codes
 /// do not depend on the machine.
-fn project_atoms(d: &[f64], y: &[f64], x: &mut [f64]) {
+fn project_atoms(d: &[f32], y: &[f64], x: &mut [f64]) {
     debug_assert_eq!(d.len(), x.len() * y.len());
     #[cfg(target_arch = "x86_64")]
     {
@@ -221,16 +271,17 @@ fn project_atoms(d: &[f64], y: &[f64], x: &mut [f64]) {
 /// kernel *across* atoms (two atoms per 128-bit register, with shuffles) and spills the
 /// accumulators to the stack every iteration: 1.3 µs at n = 64. Here the eight partial sums
 /// of an atom are two 256-bit registers (lanes 0–3 and 4–7), four atoms share each pair of y
-/// loads, and the 8 accumulators stay in registers: 0.47 µs at n = 64 (BENCHMARKS.md).
+/// loads, and the 8 accumulators stay in registers: 0.47 µs at n = 64 (BENCHMARKS.md). Each
+/// 128-bit load of four f32 atom entries is widened to four f64 (`vcvtps2pd`, exact).
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn project_atoms_avx2(d: &[f64], y: &[f64], x: &mut [f64]) {
+unsafe fn project_atoms_avx2(d: &[f32], y: &[f64], x: &mut [f64]) {
     use std::arch::x86_64::{
-        _mm256_add_pd, _mm256_hadd_pd, _mm256_loadu_pd, _mm256_mul_pd, _mm256_permute2f128_pd,
-        _mm256_setzero_pd, _mm256_storeu_pd,
+        _mm256_add_pd, _mm256_cvtps_pd, _mm256_hadd_pd, _mm256_loadu_pd, _mm256_mul_pd,
+        _mm256_permute2f128_pd, _mm256_setzero_pd, _mm256_storeu_pd, _mm_loadu_ps,
     };
     let n = y.len();
     assert_eq!(d.len(), x.len() * n, "dictionary must be n × atoms");
@@ -250,8 +301,8 @@ unsafe fn project_atoms_avx2(d: &[f64], y: &[f64], x: &mut [f64]) {
             let lo = _mm256_loadu_pd(yp.add(o));
             let hi = _mm256_loadu_pd(yp.add(o + 4));
             for (a, p) in [p0, p1, p2, p3].into_iter().enumerate() {
-                let pl = _mm256_mul_pd(_mm256_loadu_pd(p.add(o)), lo);
-                let ph = _mm256_mul_pd(_mm256_loadu_pd(p.add(o + 4)), hi);
+                let pl = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(p.add(o))), lo);
+                let ph = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(p.add(o + 4))), hi);
                 acc[2 * a] = _mm256_add_pd(acc[2 * a], pl);
                 acc[2 * a + 1] = _mm256_add_pd(acc[2 * a + 1], ph);
             }
@@ -278,7 +329,7 @@ unsafe fn project_atoms_avx2(d: &[f64], y: &[f64], x: &mut [f64]) {
 /// The portable kernel (any target; also the order the AVX2 kernel must reproduce): four
 /// atoms at a time against the same loads of y, eight accumulators per atom (a single running
 /// sum is a serial dependency chain the compiler may not reorder), y read once per four atoms.
-fn project_atoms_generic(d: &[f64], y: &[f64], x: &mut [f64]) {
+fn project_atoms_generic<T: Copy + Into<f64>>(d: &[T], y: &[f64], x: &mut [f64]) {
     let n = y.len();
     // Products past the last multiple of eight; skipped outright in the common n % 8 == 0
     // case (adding the empty sum 0.0 would change nothing).
@@ -298,10 +349,10 @@ fn project_atoms_generic(d: &[f64], y: &[f64], x: &mut [f64]) {
             .zip(c3.chunks_exact(8));
         for ((((y8, a0), a1), a2), a3) in chunks {
             for l in 0..8 {
-                acc[0][l] += a0[l] * y8[l];
-                acc[1][l] += a1[l] * y8[l];
-                acc[2][l] += a2[l] * y8[l];
-                acc[3][l] += a3[l] * y8[l];
+                acc[0][l] += a0[l].into() * y8[l];
+                acc[1][l] += a1[l].into() * y8[l];
+                acc[2][l] += a2[l].into() * y8[l];
+                acc[3][l] += a3[l].into() * y8[l];
             }
         }
         for ((xo, acc), atom) in xb.iter_mut().zip(&acc).zip([c0, c1, c2, c3]) {
@@ -321,14 +372,15 @@ fn project_atoms_generic(d: &[f64], y: &[f64], x: &mut [f64]) {
 }
 
 /// Dot product with the same eight-accumulator order as the blocked kernel, so a
-/// coefficient does not depend on which block its atom fell in.
+/// coefficient does not depend on which block its atom fell in. `a` is an f32 atom or an
+/// f64 window; its entries are widened (exactly) before multiplying.
 #[inline(always)]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+fn dot<T: Copy + Into<f64>>(a: &[T], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; 8];
     for (ac, bc) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        let (ac, bc): (&[f64; 8], &[f64; 8]) = (ac.try_into().unwrap(), bc.try_into().unwrap());
+        let (ac, bc): (&[T; 8], &[f64; 8]) = (ac.try_into().unwrap(), bc.try_into().unwrap());
         for l in 0..8 {
-            acc[l] += ac[l] * bc[l];
+            acc[l] += ac[l].into() * bc[l];
         }
     }
     let sum = reduce(&acc);
@@ -341,9 +393,13 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// The products past the last multiple of eight, summed in order.
 #[inline(always)]
-fn tail_dot(a: &[f64], b: &[f64]) -> f64 {
+fn tail_dot<T: Copy + Into<f64>>(a: &[T], b: &[f64]) -> f64 {
     let full = a.len() - a.len() % 8;
-    a[full..].iter().zip(&b[full..]).map(|(x, y)| x * y).sum()
+    a[full..]
+        .iter()
+        .zip(&b[full..])
+        .map(|(&x, y)| x.into() * y)
+        .sum()
 }
 
 #[inline(always)]
@@ -355,41 +411,57 @@ fn reduce(acc: &[f64; 8]) -> f64 {
 mod tests {
     use super::*;
 
-    fn rotation(n: usize) -> DMatrix<f64> {
-        // A fixed orthogonal matrix: the QR of a deterministic, well-conditioned matrix.
+    /// A fixed orthogonal matrix (the QR of a deterministic, well-conditioned matrix), stored
+    /// as f32 like the learner's dictionary: orthogonal to f32 precision only.
+    fn rotation(n: usize) -> DMatrix<f32> {
         DMatrix::<f64>::from_fn(n, n, |i, j| {
             ((i * 31 + j * 17) % 13) as f64 + (i == j) as u8 as f64 * 20.0
         })
         .qr()
         .q()
+        .map(|v| v as f32)
     }
+
+    /// Tolerance for identities that hold for an exactly orthogonal D (coefficients of
+    /// y = D·x, residual = missed energy): D rounded to f32 is orthogonal to ~√n·6e-8.
+    const F32_ORTHO_TOL: f64 = 1e-6;
 
     #[test]
     fn top_k_keeps_the_largest_in_order_and_residual_matches_reconstruction() {
         let n = 12;
         let d = rotation(n);
+        let d64 = d.map(f64::from);
         let x: Vec<f64> = (0..n)
             .map(|i| (((i * 5) % 12) as f64 - 5.5) * 1.5)
             .collect();
-        let y = &d * nalgebra::DVector::from_column_slice(&x);
+        let y = &d64 * nalgebra::DVector::from_column_slice(&x);
         let mut code = SparseCode::new(n);
         encode_top_k(&d, 7, y.as_slice(), 4, &mut code);
         assert_eq!(code.k(), 4);
         assert_eq!(code.version(), 7);
-        for (c, e) in code.coefficients().iter().zip(&x) {
+        // Exact for the stored dictionary (f64 arithmetic on the widened f32 entries) …
+        let exact = d64.transpose() * &y;
+        for (c, e) in code.coefficients().iter().zip(exact.iter()) {
             assert!((c - e).abs() < 1e-12);
+        }
+        // … and the true coefficients up to the dictionary's f32 orthogonality.
+        for (c, e) in code.coefficients().iter().zip(&x) {
+            assert!((c - e).abs() < F32_ORTHO_TOL * 10.0, "{c} vs {e}");
         }
         let mags: Vec<f64> = code.values().iter().map(|v| v.abs()).collect();
         assert!(mags.windows(2).all(|w| w[0] >= w[1]), "{mags:?}");
         let mut sorted: Vec<f64> = x.iter().map(|v| v.abs()).collect();
         sorted.sort_by(|a, b| b.total_cmp(a));
         for (m, s) in mags.iter().zip(&sorted[..4]) {
-            assert!((m - s).abs() < 1e-12, "{mags:?} vs {sorted:?}");
+            assert!(
+                (m - s).abs() < F32_ORTHO_TOL * 10.0,
+                "{mags:?} vs {sorted:?}"
+            );
         }
         let mut y_hat = vec![0.0; n];
         code.reconstruct(&d, &mut y_hat);
         let res: f64 = y.iter().zip(&y_hat).map(|(a, b)| (a - b) * (a - b)).sum();
-        assert!((res / y.norm_squared() - code.residual()).abs() < 1e-12);
+        assert!((res / y.norm_squared() - code.residual()).abs() < F32_ORTHO_TOL);
     }
 
     #[test]
@@ -403,19 +475,19 @@ mod tests {
         assert_eq!((code.k(), code.residual()), (0, 1.0));
         encode_top_k(&d, 0, &[1.0, 2.0, 3.0, 4.0, 5.0], 99, &mut code);
         assert_eq!(code.k(), 5);
-        assert!(code.residual() < 1e-14);
+        assert!(code.residual() < F32_ORTHO_TOL);
     }
 
     /// The summation order every kernel promises (see `project_atoms`), written out with
     /// scalars: the slow, obviously correct definition of a coefficient's bits.
-    fn reference_coefficient(atom: &[f64], y: &[f64]) -> f64 {
+    fn reference_coefficient(atom: &[f32], y: &[f64]) -> f64 {
         let n = y.len();
         let full = n - n % 8;
         let mut lane = [0.0f64; 8];
         for (l, s) in lane.iter_mut().enumerate() {
             let mut i = l;
             while i < full {
-                *s += atom[i] * y[i];
+                *s += f64::from(atom[i]) * y[i];
                 i += 8;
             }
         }
@@ -424,7 +496,7 @@ mod tests {
         if full < n {
             let mut tail = 0.0;
             for i in full..n {
-                tail += atom[i] * y[i];
+                tail += f64::from(atom[i]) * y[i];
             }
             sum += tail;
         }
@@ -437,8 +509,8 @@ mod tests {
     #[test]
     fn dispatched_projection_is_bit_identical() {
         for n in [1, 3, 4, 7, 8, 9, 13, 16, 37, 64, 65, 128] {
-            let d: Vec<f64> = (0..n * n)
-                .map(|i| ((i * 7919) % 1000) as f64 / 997.0 - 0.5)
+            let d: Vec<f32> = (0..n * n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5)
                 .collect();
             let y: Vec<f64> = (0..n).map(|i| ((i * 31) % 17) as f64 / 3.0 - 2.7).collect();
             let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
@@ -462,7 +534,7 @@ mod tests {
                 let atom = &d[i * n..(i + 1) * n];
                 let reference = reference_coefficient(atom, &y);
                 assert_eq!(x.to_bits(), reference.to_bits(), "n={n} atom {i}");
-                let naive: f64 = (0..n).map(|k| atom[k] * y[k]).sum();
+                let naive: f64 = (0..n).map(|k| f64::from(atom[k]) * y[k]).sum();
                 assert!((x - naive).abs() < 1e-12, "n={n} atom {i}");
             }
         }
@@ -476,7 +548,7 @@ mod tests {
         let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0xC0DE);
         for n in [16, 24, 32, 48, 64, 96, 128] {
             for _ in 0..8 {
-                let d: Vec<f64> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let d: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let y: Vec<f64> = (0..n).map(|_| rng.random_range(-1e3..1e3)).collect();
                 let mut x = vec![0.0; n];
                 project_atoms(&d, &y, &mut x);
@@ -491,7 +563,7 @@ mod tests {
     #[test]
     fn threshold_keeps_exactly_the_large_coefficients() {
         let n = 8;
-        let d = DMatrix::identity(n, n);
+        let d = DMatrix::<f32>::identity(n, n);
         let y = [0.1, -2.0, 0.5, 3.0, -0.4, 0.0, 1.0, -1.0];
         let mut code = SparseCode::new(n);
         encode_threshold(&d, 1, &y, 0.5, &mut code);

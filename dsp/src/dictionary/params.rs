@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::params::{check_range, ParamError};
 
 /// Largest minibatch accepted; a step with more windows than this buys no accuracy
-/// (the spec's runs use b ≤ 10n) and the batch buffer is `n·b` doubles.
+/// (the spec's runs use b ≤ 10n) and the batch buffer is `n·b` f32 (plus `n·b` f64 in the scratch).
 pub const MAX_MINIBATCH: usize = 65_536;
 
 /// Which sparsity measure the learner maximises over orthogonal matrices.
