@@ -710,3 +710,32 @@ fn temporal_context_changes_only_the_familiarity() {
         assert_eq!(off.learned_code(), on.learned_code(), "step {t}");
     }
 }
+
+/// In the pipeline, a gap in the stream starts a new sequence: the window after it gets no
+/// temporal context.
+#[test]
+fn a_gap_breaks_the_temporal_sequence() {
+    use sparsewatch_dsp::score::MemoryDetectorParams;
+    use sparsewatch_dsp::DetectorKind;
+    use sparsewatch_dsp::{Pipeline, PipelineParams, PushOutcome, Sample};
+    let params = PipelineParams {
+        detector: DetectorKind::Memory,
+        memory: MemoryDetectorParams {
+            sdr: temporal_params(true),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut p = Pipeline::new(&params.check().unwrap(), 1);
+    let wave = |t: i64| (t as f64 * 2.0 * std::f64::consts::PI / 16.0).sin();
+    for t in 0..2_000i64 {
+        p.push(Sample::new(t, &[wave(t)]).unwrap());
+    }
+    let mem = p.memory().expect("memory detector");
+    assert!(mem.learned() > 0 && mem.temporal_fill().unwrap() > 0.0);
+    assert!(!mem.at_sequence_start());
+    let after = 2_000 + 10_000_000;
+    let r = p.push(Sample::new(after, &[wave(after)]).unwrap());
+    assert_eq!(r.outcome, PushOutcome::AfterGap);
+    assert!(p.memory().unwrap().at_sequence_start());
+}
