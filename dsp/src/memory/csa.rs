@@ -203,17 +203,12 @@ impl Bank {
         new
     }
 
-    /// h_i = #{ j ∈ prev : W_H[j][i] = 1 } for every cell (spec §2, the temporal sum);
-    /// `prev` is the previous code, one winner per module of `cells` cells.
-    pub(crate) fn temporal_sums(&self, prev: &[u16], cells: usize, h: &mut [u16]) {
-        h.fill(0);
-        let cw = self.cell_words;
-        for (q, &k) in prev.iter().enumerate() {
-            let j = q * cells + k as usize;
-            for i in ones(&self.horizontal[j * cw..(j + 1) * cw]) {
-                h[i] += 1;
-            }
-        }
+    /// h_i = #{ j ∈ sources : W_H[j][i] = 1 } for every cell (spec §2, the temporal sum);
+    /// `sources` lists the previous code's cells (q·K + winner). W_H is laid out like the
+    /// transpose of U (source j's targets as one bit column), so this is the same column-sum
+    /// kernel as the bottom-up pass. `scratch`: 8 words per 64 cells.
+    pub(crate) fn temporal_sums(&self, sources: &[u16], scratch: &mut [u64], h: &mut [u16]) {
+        column_counts(&self.horizontal, self.cell_words, sources, scratch, h);
     }
 
     /// W_H[j][winner] = 1 for every source j in `prev` and every winner in `winners` (the

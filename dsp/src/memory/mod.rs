@@ -183,6 +183,8 @@ struct Temporal {
     /// The current window's code (c* after recognition, the stored code after learning).
     current: Vec<u16>,
     current_valid: bool,
+    /// The cells of `prev` (q·K + winner), the sources of h.
+    sources: Vec<u16>,
     /// h_i of the last recognition.
     h: Vec<u16>,
     /// V_i = U_i^λU · H_i^λH of the last recognition.
@@ -202,6 +204,7 @@ impl Temporal {
             prev_valid: false,
             current: vec![0; q],
             current_valid: false,
+            sources: vec![0; q],
             h: vec![0; cells],
             v: vec![0.0; cells],
             bottom_up: 0.0,
@@ -226,7 +229,7 @@ impl Temporal {
     }
 
     fn heap_bytes(&self) -> usize {
-        (self.prev.len() + self.current.len() + self.h.len()) * 2
+        (self.prev.len() + self.current.len() + self.sources.len() + self.h.len()) * 2
             + (self.v.len() + self.h_evidence.len()) * 8
     }
 }
@@ -458,7 +461,11 @@ impl SdrMemory {
             return false;
         }
         let k = self.params.cells;
-        self.banks[self.scorer].temporal_sums(&t.prev, k, &mut t.h);
+        for (q, (source, &winner)) in t.sources.iter_mut().zip(&t.prev).enumerate() {
+            *source = (q * k + winner as usize) as u16;
+        }
+        let counters = &mut self.scratch.counters;
+        self.banks[self.scorer].temporal_sums(&t.sources, counters, &mut t.h);
         for ((v, &u), &h) in t.v.iter_mut().zip(&self.u).zip(&t.h) {
             *v = self.csa.evidence(u) * t.h_evidence[h as usize];
         }
