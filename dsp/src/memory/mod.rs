@@ -35,11 +35,14 @@
 //! transition memory between those codes. With H in the code choice, a continuous stream
 //! (no sequence starts) never converges: the first time a transition is seen its window gets
 //! a fresh code, whose successor was never seen after that new code, so it gets a fresh code
-//! too, and so on every cycle of even a strictly periodic stream. The previous code is state (it serialises);
-//! the first window of a sequence skips H: after [`break_sequence`](SdrMemory::break_sequence)
-//! (a gap), after a window without a code, and in a new memory. Each call of
-//! [`recognize`](SdrMemory::recognize) (or of [`learn`](SdrMemory::learn) without a current
-//! recognition) is one time step.
+//! too, and so on every cycle of even a strictly periodic stream.
+//!
+//! The previous code is state (it serialises). The first window of a sequence skips H: after
+//! [`break_sequence`](SdrMemory::break_sequence) (the pipeline calls it on a gap), after a
+//! window without a code, and in a new memory. Each call of [`recognize`](SdrMemory::recognize)
+//! (or of [`learn`](SdrMemory::learn) without a current recognition) is one time step. W_H
+//! lives in each bank beside U, so rotation clears it with U, and the fill the saturation
+//! policy watches is the fuller of the two.
 //!
 //! [`recognize`]: SdrMemory::recognize
 //! [`learn`]: SdrMemory::learn
