@@ -203,7 +203,7 @@ impl Bank {
         new
     }
 
-    /// h_i = #{ j ∈ sources : W_H[j][i] = 1 } for every cell (spec §2, the temporal sum);
+    /// `h_i = #{ j ∈ sources : W_H[j][i] = 1 }` for every cell (spec §2, the temporal sum);
     /// `sources` lists the previous code's cells (q·K + winner). W_H is laid out like the
     /// transpose of U (source j's targets as one bit column), so this is the same column-sum
     /// kernel as the bottom-up pass. `scratch`: 8 words per 64 cells.
@@ -211,7 +211,7 @@ impl Bank {
         column_counts(&self.horizontal, self.cell_words, sources, scratch, h);
     }
 
-    /// W_H[j][winner] = 1 for every source j in `prev` and every winner in `winners` (the
+    /// `W_H[j][winner] = 1` for every source j in `prev` and every winner in `winners` (the
     /// bitset [`write`](Self::write) leaves); returns the weights newly set.
     pub(crate) fn write_temporal(&mut self, prev: &[u16], cells: usize, winners: &[u64]) -> u64 {
         let cw = self.cell_words;

@@ -27,8 +27,8 @@
 //!
 //! Optional temporal context ([`MemoryParams::temporal`], off by default): horizontal weights
 //! W_H (Q·K × Q·K bits per bank) from the previous window's code to the cells, so
-//! V_i = U_i^λU · H_i^λH with H_i = |{ j ∈ previous code : W_H[j][i] = 1 }| / Q, and learning
-//! also sets W_H[j][winner] for j in the previous code (spec §2). A familiar window after an
+//! V_i = U_i^λU · H_i^λH with `H_i = |{ j ∈ previous code : W_H[j][i] = 1 }| / Q`, and learning
+//! also sets `W_H[j][winner]` for j in the previous code (spec §2). A familiar window after an
 //! unfamiliar predecessor then scores as novel. One departure from the spec's CSA: H enters
 //! the familiarity G (the score) only; the code (c* and learning's draw) is chosen on U as
 //! without context, so an input keeps one code in every context and W_H is a first-order
