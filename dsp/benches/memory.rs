@@ -5,6 +5,8 @@
 //! - `memory/recognize_learn`: recognize then learn (sample, write to both banks, index).
 //! - `memory/recognize_learn_familiar`: the same on inputs already stored (the common case on
 //!   a repetitive stream: the write sets no new weight, the index only refreshes).
+//! - `memory/*_temporal`: the two learn cases with the temporal context on
+//!   ([`MemoryParams::temporal`]): h from the previous code's W_H rows, V = U·H, W_H writes.
 //! - `encode/atom_slot`, `encode/projection`: a k = 8 sparse code over n = 64 atoms → x.
 //!
 //! Memories are pre-filled with 60 distinct items outside the timed closure (p1 ≈ 0.1 of the
@@ -36,8 +38,12 @@ fn inputs(rng: &mut Xoshiro256PlusPlus, count: usize) -> Vec<Vec<u64>> {
         .collect()
 }
 
-fn filled(rng: &mut Xoshiro256PlusPlus) -> (SdrMemory, Vec<Vec<u64>>) {
-    let mut mem = SdrMemory::new(MemoryParams::default(), N, S);
+fn filled(rng: &mut Xoshiro256PlusPlus, temporal: bool) -> (SdrMemory, Vec<Vec<u64>>) {
+    let params = MemoryParams {
+        temporal,
+        ..MemoryParams::default()
+    };
+    let mut mem = SdrMemory::new(params, N, S);
     let stored = inputs(rng, 60);
     let mut recall = mem.new_recall();
     for x in &stored {
@@ -49,12 +55,19 @@ fn filled(rng: &mut Xoshiro256PlusPlus) -> (SdrMemory, Vec<Vec<u64>>) {
 
 fn memory(c: &mut Criterion) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(SEED);
-    let (base, stored) = filled(&mut rng);
+    let (base, stored) = filled(&mut rng.clone(), false);
+    let (temporal, _) = filled(&mut rng, true);
     let fresh = inputs(&mut rng, INPUTS);
     eprintln!(
         "memory per stream: {} bytes (p1 {:.3})",
         base.memory_bytes(),
         base.fill()
+    );
+    eprintln!(
+        "with temporal context: {} bytes (p1 {:.3}, W_H {:.3})",
+        temporal.memory_bytes(),
+        temporal.fill(),
+        temporal.temporal_fill().unwrap_or(0.0)
     );
     let mut group = c.benchmark_group("memory");
     group.throughput(Throughput::Elements(1));
@@ -84,6 +97,26 @@ fn memory(c: &mut Criterion) {
 
     let mut mem = base.clone();
     group.bench_function("recognize_learn_familiar", |b| {
+        b.iter(|| {
+            i = (i + 1) % stored.len();
+            let x = std::hint::black_box(&stored[i]);
+            mem.recognize(x, &mut recall);
+            mem.learn(x, &recall)
+        })
+    });
+
+    let mut mem = temporal.clone();
+    group.bench_function("recognize_learn_temporal", |b| {
+        b.iter(|| {
+            i = (i + 1) % INPUTS;
+            let x = std::hint::black_box(&fresh[i]);
+            mem.recognize(x, &mut recall);
+            mem.learn(x, &recall)
+        })
+    });
+
+    let mut mem = temporal.clone();
+    group.bench_function("recognize_learn_familiar_temporal", |b| {
         b.iter(|| {
             i = (i + 1) % stored.len();
             let x = std::hint::black_box(&stored[i]);

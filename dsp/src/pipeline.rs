@@ -531,7 +531,13 @@ impl Pipeline {
         match outcome {
             PushOutcome::OutOfOrder => self.counters.out_of_order += 1,
             PushOutcome::ChannelMismatch => self.counters.channel_mismatch += 1,
-            PushOutcome::AfterGap => self.counters.gaps += 1,
+            PushOutcome::AfterGap => {
+                self.counters.gaps += 1;
+                // The memory's temporal context (if on) must not link across the gap.
+                if let Scorer::Memory(m) = &mut self.scorer {
+                    m.break_sequence();
+                }
+            }
             PushOutcome::Buffered | PushOutcome::WindowReady => {}
         }
         if matches!(

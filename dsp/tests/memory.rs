@@ -578,3 +578,164 @@ fn fast_path_matches_reference() {
         }
     }
 }
+
+fn temporal_params(temporal: bool) -> MemoryParams {
+    MemoryParams {
+        temporal,
+        ..MemoryParams::default()
+    }
+}
+
+/// Recognizes (and, if `learn`, learns) `order` of `items` in turn; returns each G.
+fn play(mem: &mut SdrMemory, items: &[Vec<u64>], order: &[usize], learn: bool) -> Vec<f64> {
+    let mut recall = mem.new_recall();
+    order
+        .iter()
+        .map(|&i| {
+            mem.recognize(&items[i], &mut recall);
+            if learn {
+                assert!(matches!(
+                    mem.learn(&items[i], &recall),
+                    Learned::Stored { .. }
+                ));
+            }
+            recall.familiarity
+        })
+        .collect()
+}
+
+/// Issue #4: A B C A B C … learned; then A C B. Without context every window of A C B is
+/// fully familiar; with it, C after A and B after C (transitions never seen) are novel,
+/// while the in-order sequence stays fully familiar and A at a sequence start is too.
+#[test]
+fn temporal_context_makes_an_unfamiliar_order_novel() {
+    let (n, s) = (1024, 32);
+    let mut r = rng(40);
+    let items: Vec<Vec<u64>> = (0..3).map(|_| random_input(&mut r, n, s)).collect();
+    let cycle: Vec<usize> = (0..60).map(|i| i % 3).collect();
+    for temporal in [false, true] {
+        let mut mem = SdrMemory::new(temporal_params(temporal), n, s);
+        play(&mut mem, &items, &cycle, true);
+        // In order, learning on: familiar and nothing new written.
+        mem.break_sequence();
+        let before = mem.fill();
+        let g = play(&mut mem, &items, &[0, 1, 2, 0, 1, 2], true);
+        assert!(
+            g.iter().all(|&g| g == 1.0),
+            "in order, temporal {temporal}: {g:?}"
+        );
+        assert_eq!(mem.fill(), before);
+        // Out of order, recognition only.
+        mem.break_sequence();
+        let g = play(&mut mem, &items, &[0, 2, 1], false);
+        assert_eq!(g[0], 1.0, "A starts the sequence: bottom-up only");
+        if temporal {
+            assert!(g[1] < 0.3 && g[2] < 0.3, "C after A, B after C: {g:?}");
+        } else {
+            assert_eq!(g, vec![1.0; 3], "without context order is invisible");
+        }
+        // A gap breaks the sequence: C then is only judged bottom-up.
+        mem.break_sequence();
+        assert!(mem.at_sequence_start());
+        assert_eq!(play(&mut mem, &items, &[2], false), vec![1.0]);
+        assert_eq!(mem.temporal_fill().is_some(), temporal);
+    }
+}
+
+/// With context on, a serde round trip mid-sequence (the previous code is state) continues
+/// exactly like the original, and a state saved without the temporal fields (an older
+/// checkpoint) still loads, into a memory without context.
+#[test]
+fn temporal_context_serde_round_trip_and_old_states() {
+    let (n, s) = (1024, 32);
+    let mut r = rng(41);
+    let items: Vec<Vec<u64>> = (0..40).map(|_| random_input(&mut r, n, s)).collect();
+    let order: Vec<usize> = (0..300).map(|i| (i * 7 + i / 40) % 40).collect();
+    let run = |mem: &mut SdrMemory, part: &[usize]| -> Vec<(Recall, Learned)> {
+        let mut recall = mem.new_recall();
+        part.iter()
+            .map(|&i| {
+                mem.recognize(&items[i], &mut recall);
+                let l = mem.learn(&items[i], &recall);
+                (recall.clone(), l)
+            })
+            .collect()
+    };
+    let mut a = SdrMemory::new(temporal_params(true), n, s);
+    let first = run(&mut a, &order[..150]);
+    assert!(first.iter().any(|(rc, _)| rc.familiarity < 1.0));
+    assert!(a.temporal_fill().unwrap() > 0.0);
+    assert!(!a.at_sequence_start());
+    let json = serde_json::to_string(&a).unwrap();
+    let mut c: SdrMemory = serde_json::from_str(&json).unwrap();
+    assert_eq!(c, a);
+    assert_eq!(run(&mut a, &order[150..]), run(&mut c, &order[150..]));
+
+    // Without context the state has no temporal fields at all, as before the feature.
+    let mut old = SdrMemory::new(temporal_params(false), n, s);
+    run(&mut old, &order[..50]);
+    let mut value: serde_json::Value = serde_json::to_value(&old).unwrap();
+    assert!(value.get("temporal").is_none());
+    let params = value["params"].as_object_mut().unwrap();
+    params.remove("temporal");
+    params.remove("temporal_exponent");
+    let back: SdrMemory = serde_json::from_value(value).unwrap();
+    assert_eq!(back, old);
+    assert!(back.temporal_fill().is_none());
+}
+
+/// Context on or off, the memory chooses the same codes and draws the same random numbers
+/// (codes are bottom-up): only G differs, and only where a previous code exists.
+#[test]
+fn temporal_context_changes_only_the_familiarity() {
+    let (n, s) = (1024, 32);
+    let mut r = rng(42);
+    let items: Vec<Vec<u64>> = (0..30).map(|_| random_input(&mut r, n, s)).collect();
+    let (mut off, mut on) = (
+        SdrMemory::new(temporal_params(false), n, s),
+        SdrMemory::new(temporal_params(true), n, s),
+    );
+    let (mut ra, mut rb) = (off.new_recall(), on.new_recall());
+    for t in 0..200 {
+        let x = &items[(t * 11 + t / 30) % 30];
+        off.recognize(x, &mut ra);
+        on.recognize(x, &mut rb);
+        assert_eq!(ra.code, rb.code, "step {t}");
+        if t == 0 {
+            assert_eq!(ra.familiarity, rb.familiarity);
+        }
+        assert!(rb.familiarity <= ra.familiarity);
+        off.learn(x, &ra);
+        on.learn(x, &rb);
+        assert_eq!(off.learned_code(), on.learned_code(), "step {t}");
+    }
+}
+
+/// In the pipeline, a gap in the stream starts a new sequence: the window after it gets no
+/// temporal context.
+#[test]
+fn a_gap_breaks_the_temporal_sequence() {
+    use sparsewatch_dsp::score::MemoryDetectorParams;
+    use sparsewatch_dsp::DetectorKind;
+    use sparsewatch_dsp::{Pipeline, PipelineParams, PushOutcome, Sample};
+    let params = PipelineParams {
+        detector: DetectorKind::Memory,
+        memory: MemoryDetectorParams {
+            sdr: temporal_params(true),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut p = Pipeline::new(&params.check().unwrap(), 1);
+    let wave = |t: i64| (t as f64 * 2.0 * std::f64::consts::PI / 16.0).sin();
+    for t in 0..2_000i64 {
+        p.push(Sample::new(t, &[wave(t)]).unwrap());
+    }
+    let mem = p.memory().expect("memory detector");
+    assert!(mem.learned() > 0 && mem.temporal_fill().unwrap() > 0.0);
+    assert!(!mem.at_sequence_start());
+    let after = 2_000 + 10_000_000;
+    let r = p.push(Sample::new(after, &[wave(after)]).unwrap());
+    assert_eq!(r.outcome, PushOutcome::AfterGap);
+    assert!(p.memory().unwrap().at_sequence_start());
+}

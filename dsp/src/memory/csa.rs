@@ -39,6 +39,12 @@ pub(crate) struct Bank {
     /// Global learn count at this bank's first write since it was cleared (index entries
     /// stored before it are not in this bank).
     pub(crate) born: Option<u64>,
+    /// The horizontal (temporal) weights W_H, source-cell-major: cell j's bits to every
+    /// cell at `horizontal[j·cell_words..(j + 1)·cell_words]`. Empty when the memory has no
+    /// temporal context.
+    horizontal: Vec<u64>,
+    /// Set weights of W_H.
+    horizontal_set: u64,
 }
 
 /// The serialised form of a [`Bank`]: the fields it had before the transpose was added.
@@ -49,12 +55,23 @@ struct BankState {
     set_bits: u64,
     learned: u64,
     born: Option<u64>,
+    /// Absent in states saved before the temporal context existed (no W_H then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    horizontal: Vec<u64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    horizontal_set: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl From<BankState> for Bank {
     fn from(s: BankState) -> Self {
         let cells = s.rows.len().checked_div(s.words).unwrap_or(0);
-        let mut bank = Bank::new(cells, s.words);
+        let mut bank = Bank::new(cells, s.words, false);
+        bank.horizontal = s.horizontal;
+        bank.horizontal_set = s.horizontal_set;
         bank.set_bits = s.set_bits;
         bank.learned = s.learned;
         bank.born = s.born;
@@ -77,14 +94,23 @@ impl From<Bank> for BankState {
             set_bits: b.set_bits,
             learned: b.learned,
             born: b.born,
+            horizontal: b.horizontal,
+            horizontal_set: b.horizontal_set,
         }
     }
 }
 
 impl Bank {
-    pub(crate) fn new(cells: usize, words: usize) -> Self {
+    /// A bank of `cells` cells for inputs of `words` words, with W_H if `temporal`.
+    pub(crate) fn new(cells: usize, words: usize, temporal: bool) -> Self {
         let cell_words = words_for(cells);
         Self {
+            horizontal: if temporal {
+                vec![0; cells * cell_words]
+            } else {
+                Vec::new()
+            },
+            horizontal_set: 0,
             rows: vec![0; cells * words],
             words,
             cols: vec![0; words * 64 * cell_words],
@@ -177,6 +203,33 @@ impl Bank {
         new
     }
 
+    /// `h_i = #{ j ∈ sources : W_H[j][i] = 1 }` for every cell (spec §2, the temporal sum);
+    /// `sources` lists the previous code's cells (q·K + winner). W_H is laid out like the
+    /// transpose of U (source j's targets as one bit column), so this is the same column-sum
+    /// kernel as the bottom-up pass. `scratch`: 8 words per 64 cells.
+    pub(crate) fn temporal_sums(&self, sources: &[u16], scratch: &mut [u64], h: &mut [u16]) {
+        column_counts(&self.horizontal, self.cell_words, sources, scratch, h);
+    }
+
+    /// `W_H[j][winner] = 1` for every source j in `prev` and every winner in `winners` (the
+    /// bitset [`write`](Self::write) leaves); returns the weights newly set.
+    pub(crate) fn write_temporal(&mut self, prev: &[u16], cells: usize, winners: &[u64]) -> u64 {
+        let cw = self.cell_words;
+        let mut new = 0u64;
+        for (q, &k) in prev.iter().enumerate() {
+            let j = q * cells + k as usize;
+            for (w, &win) in self.horizontal[j * cw..(j + 1) * cw]
+                .iter_mut()
+                .zip(winners)
+            {
+                new += (win & !*w).count_ones() as u64;
+                *w |= win;
+            }
+        }
+        self.horizontal_set += new;
+        new
+    }
+
     /// x̂ into `out` (`words` words): bit j set iff at least `need` (1..=Q) of the rows of
     /// the winners `code` (one per module of `cells` cells) have bit j.
     pub(crate) fn at_least(&self, code: &[u16], cells: usize, need: usize, out: &mut [u64]) {
@@ -200,18 +253,34 @@ impl Bank {
     pub(crate) fn clear(&mut self) {
         self.rows.fill(0);
         self.cols.fill(0);
+        self.horizontal.fill(0);
+        self.horizontal_set = 0;
         self.set_bits = 0;
         self.learned = 0;
         self.born = None;
     }
 
-    /// p1, the share of set weights among the `weights` = Q·K·N.
+    /// p1, the share of set weights among the `weights` = Q·K·N of U, or that of W_H among
+    /// its (Q·K)² if larger (W_H fills about N/(K·s) times faster per distinct state).
     pub(crate) fn fill(&self, weights: f64) -> f64 {
-        self.set_bits as f64 / weights
+        let u = self.set_bits as f64 / weights;
+        match self.temporal_fill() {
+            Some(h) if h > u => h,
+            _ => u,
+        }
+    }
+
+    /// The share of set weights of W_H, None without temporal context.
+    pub(crate) fn temporal_fill(&self) -> Option<f64> {
+        if self.horizontal.is_empty() {
+            return None;
+        }
+        let cells = (self.horizontal.len() / self.cell_words) as f64;
+        Some(self.horizontal_set as f64 / (cells * cells))
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
-        (self.rows.len() + self.cols.len()) * 8
+        (self.rows.len() + self.cols.len() + self.horizontal.len()) * 8
     }
 
     /// The transpose matches the rows (tests).
@@ -462,6 +531,20 @@ impl Csa {
         sum / self.modules as f64
     }
 
+    /// V(u) of the current sample (needs [`set_active`](Self::set_active)).
+    pub(crate) fn evidence(&self, u: u16) -> f64 {
+        self.v[u as usize]
+    }
+
+    /// G from per-cell evidence `v` (the temporal path, where V depends on u and h).
+    pub(crate) fn familiarity_of(&self, v: &[f64]) -> f64 {
+        let sum: f64 = v
+            .chunks_exact(self.cells)
+            .map(|cm| cm.iter().copied().fold(0.0, f64::max))
+            .sum();
+        sum / self.modules as f64
+    }
+
     /// η = 1 + χ·K·max(0, (G − G⁻)/(1 − G⁻))^γ (step 5).
     pub(crate) fn expansivity(&self, g: f64) -> f64 {
         let excess = ((g - self.floor) / (1.0 - self.floor)).max(0.0);
@@ -610,7 +693,7 @@ mod tests {
             let code: Vec<u16> = (0..modules)
                 .map(|_| rng.random_range(0..cells) as u16)
                 .collect();
-            let mut bank = Bank::new(modules * cells, words);
+            let mut bank = Bank::new(modules * cells, words, false);
             bank.rows.clone_from(&rows);
             for need in [1, modules.div_ceil(2), modules] {
                 let mut fast = vec![0u64; words];
@@ -667,7 +750,7 @@ mod tests {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
         // 300 input bits (5 words, 20 unused bits), Q = 7 × K = 11 = 77 cells (2 cell words).
         let (words, modules, cells) = (5, 7, 11);
-        let mut bank = Bank::new(modules * cells, words);
+        let mut bank = Bank::new(modules * cells, words, false);
         let mut winners = vec![0u64; words_for(modules * cells)];
         let mut scratch = vec![0u64; bank.cell_words * 8];
         let random_x = |rng: &mut Xoshiro256PlusPlus, bits: usize| {

@@ -25,8 +25,24 @@
 //! Deterministic: the winner-choice RNG is seeded and lives in the state, which serialises
 //! with serde; the same inputs give the same outputs, also across a checkpoint.
 //!
-//! Not implemented yet: the temporal (H) weights of spec §1/§2 that would make a familiar
-//! pattern in an unfamiliar order novel.
+//! Optional temporal context ([`MemoryParams::temporal`], off by default): horizontal weights
+//! W_H (Q·K × Q·K bits per bank) from the previous window's code to the cells, so
+//! V_i = U_i^λU · H_i^λH with `H_i = |{ j ∈ previous code : W_H[j][i] = 1 }| / Q`, and learning
+//! also sets `W_H[j][winner]` for j in the previous code (spec §2). A familiar window after an
+//! unfamiliar predecessor then scores as novel. One departure from the spec's CSA: H enters
+//! the familiarity G (the score) only; the code (c* and learning's draw) is chosen on U as
+//! without context, so an input keeps one code in every context and W_H is a first-order
+//! transition memory between those codes. With H in the code choice, a continuous stream
+//! (no sequence starts) never converges: the first time a transition is seen its window gets
+//! a fresh code, whose successor was never seen after that new code, so it gets a fresh code
+//! too, and so on every cycle of even a strictly periodic stream.
+//!
+//! The previous code is state (it serialises). The first window of a sequence skips H: after
+//! [`break_sequence`](SdrMemory::break_sequence) (the pipeline calls it on a gap), after a
+//! window without a code, and in a new memory. Each call of [`recognize`](SdrMemory::recognize)
+//! (or of [`learn`](SdrMemory::learn) without a current recognition) is one time step. W_H
+//! lives in each bank beside U, so rotation clears it with U, and the fill the saturation
+//! policy watches is the fuller of the two.
 //!
 //! [`recognize`]: SdrMemory::recognize
 //! [`learn`]: SdrMemory::learn
@@ -108,7 +124,8 @@ impl Recall {
 pub enum Learned {
     /// The code was written.
     Stored {
-        /// Weights newly set in the scoring bank (0: nothing new, the input was familiar).
+        /// Weights newly set in the scoring bank, U and W_H (0: nothing new, the input was
+        /// familiar).
         new_weights: u64,
         /// The code is not in the index yet (a new distinct state).
         new_code: bool,
@@ -159,6 +176,67 @@ impl PartialEq for Scratch {
     }
 }
 
+/// The temporal context's state: the code of the previous window (the sources of H), that of
+/// the current one, and the buffers of the temporal path (allocated at construction).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Temporal {
+    /// The previous window's code, valid if `prev_valid` (else this window skips H).
+    prev: Vec<u16>,
+    prev_valid: bool,
+    /// The current window's code (c* after recognition, the stored code after learning).
+    current: Vec<u16>,
+    current_valid: bool,
+    /// The cells of `prev` (q·K + winner), the sources of h.
+    sources: Vec<u16>,
+    /// h_i of the last recognition.
+    h: Vec<u16>,
+    /// V_i = U_i^λU · H_i^λH of the last recognition.
+    v: Vec<f64>,
+    /// H^λH for h in 0..=Q.
+    h_evidence: Vec<f64>,
+    /// G without H of the last recognition that had a previous code (what the code choice
+    /// of learning uses).
+    bottom_up: f64,
+}
+
+impl Temporal {
+    fn new(p: &MemoryParams) -> Self {
+        let (q, cells) = (p.modules, p.modules * p.cells);
+        Self {
+            prev: vec![0; q],
+            prev_valid: false,
+            current: vec![0; q],
+            current_valid: false,
+            sources: vec![0; q],
+            h: vec![0; cells],
+            v: vec![0.0; cells],
+            bottom_up: 0.0,
+            h_evidence: (0..=q)
+                .map(|h| {
+                    let ratio = h as f64 / q as f64;
+                    if p.temporal_exponent == 1.0 {
+                        ratio
+                    } else {
+                        ratio.powf(p.temporal_exponent)
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// A new time step: the current code becomes the previous one.
+    fn advance(&mut self) {
+        std::mem::swap(&mut self.prev, &mut self.current);
+        self.prev_valid = self.current_valid;
+        self.current_valid = false;
+    }
+
+    fn heap_bytes(&self) -> usize {
+        (self.prev.len() + self.current.len() + self.sources.len() + self.h.len()) * 2
+            + (self.v.len() + self.h_evidence.len()) * 8
+    }
+}
+
 /// A Sparsey-style associative memory (one mac) with its saturation policy and best-match
 /// index. All buffers are allocated at construction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +264,9 @@ pub struct SdrMemory {
     scratch: Scratch,
     recognitions: u64,
     learns: u64,
+    /// The temporal context, if [`MemoryParams::temporal`]; absent in older states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    temporal: Option<Temporal>,
 }
 
 impl SdrMemory {
@@ -215,7 +296,7 @@ impl SdrMemory {
             input_bits,
             words,
             band: (lo, hi),
-            banks: vec![Bank::new(cells, words); banks],
+            banks: vec![Bank::new(cells, words, params.temporal); banks],
             scorer: 0,
             csa: Csa::new(&params, hi),
             index: CodeIndex::new(params.index_capacity, params.modules, params.cells),
@@ -227,6 +308,7 @@ impl SdrMemory {
             scratch: Scratch::new(words, cells),
             recognitions: 0,
             learns: 0,
+            temporal: params.temporal.then(|| Temporal::new(&params)),
             params,
         }
     }
@@ -267,7 +349,8 @@ impl SdrMemory {
         (self.params.modules * self.params.cells * self.input_bits) as f64
     }
 
-    /// p1 of the scoring bank: set weights / (Q·K·N).
+    /// p1 of the scoring bank: set weights / (Q·K·N), or the share of set temporal weights
+    /// if that is larger (the fill the saturation policy watches).
     pub fn fill(&self) -> f64 {
         self.banks[self.scorer].fill(self.weights())
     }
@@ -275,6 +358,25 @@ impl SdrMemory {
     /// p1 of the younger bank under [`SaturationPolicy::Rotate`], None otherwise.
     pub fn shadow_fill(&self) -> Option<f64> {
         (self.banks.len() == 2).then(|| self.banks[1 - self.scorer].fill(self.weights()))
+    }
+
+    /// The share of set temporal weights W_H of the scoring bank; None without temporal
+    /// context.
+    pub fn temporal_fill(&self) -> Option<f64> {
+        self.banks[self.scorer].temporal_fill()
+    }
+
+    /// Whether the next window starts a sequence (skips H): always without temporal context.
+    pub fn at_sequence_start(&self) -> bool {
+        self.temporal.as_ref().is_none_or(|t| !t.current_valid)
+    }
+
+    /// Starts a new sequence (after a gap or a restart): the next window gets no temporal
+    /// evidence, and learning it sets no temporal weights. No effect without temporal context.
+    pub fn break_sequence(&mut self) {
+        if let Some(t) = &mut self.temporal {
+            t.current_valid = false;
+        }
     }
 
     /// Distinct codes in the best-match index.
@@ -296,6 +398,7 @@ impl SdrMemory {
             + (self.u.len() + self.learn_code.len()) * 2
             + (self.recalled.len() + self.last_x.len()) * 8
             + self.scratch.heap_bytes()
+            + self.temporal.as_ref().map_or(0, Temporal::heap_bytes)
             + std::mem::size_of::<Self>()
     }
 
@@ -319,6 +422,9 @@ impl SdrMemory {
     /// [`input_words`](Self::input_words) words, bits past N zero (panics if shorter).
     pub fn recognize(&mut self, x: &[u64], recall: &mut Recall) {
         let x = &x[..self.words];
+        if let Some(t) = &mut self.temporal {
+            t.advance();
+        }
         self.recognitions += 1;
         self.last_x.copy_from_slice(x);
         recall.stamp = self.recognitions;
@@ -334,8 +440,39 @@ impl SdrMemory {
         self.csa.set_active(recall.active);
         recall.familiarity = self.csa.familiarity(&self.u);
         self.csa.argmax(&self.u, &mut self.rng, &mut recall.code);
+        if self.temporal_evidence() {
+            let t = self.temporal.as_mut().expect("temporal evidence");
+            t.bottom_up = recall.familiarity;
+            recall.familiarity = self.csa.familiarity_of(&t.v);
+        }
+        if let Some(t) = &mut self.temporal {
+            t.current.copy_from_slice(&recall.code);
+            t.current_valid = true;
+        }
         recall.precision = self.reconstruct(x, &recall.code);
         recall.best_match = self.index.best_match(&recall.code);
+    }
+
+    /// With temporal context and a previous code: fills h and V = U^λU · H^λH (from the
+    /// current u and V(u) table) and returns true. Otherwise (no context, or a sequence
+    /// start) returns false and V is the u table alone.
+    fn temporal_evidence(&mut self) -> bool {
+        let Some(t) = &mut self.temporal else {
+            return false;
+        };
+        if !t.prev_valid {
+            return false;
+        }
+        let k = self.params.cells;
+        for (q, (source, &winner)) in t.sources.iter_mut().zip(&t.prev).enumerate() {
+            *source = (q * k + winner as usize) as u16;
+        }
+        let counters = &mut self.scratch.counters;
+        self.banks[self.scorer].temporal_sums(&t.sources, counters, &mut t.h);
+        for ((v, &u), &h) in t.v.iter_mut().zip(&self.u).zip(&t.h) {
+            *v = self.csa.evidence(u) * t.h_evidence[h as usize];
+        }
+        true
     }
 
     /// Lists the set bits of `x` (its first `words` words) in `active`; returns their count.
@@ -382,7 +519,12 @@ impl SdrMemory {
                 // (u, which is serialised, is still current).
                 self.load_active(x);
             }
-            return (recall.active, recall.familiarity);
+            // The code choice is bottom-up (see the module docs): G without H.
+            let g = match &self.temporal {
+                Some(t) if t.prev_valid => t.bottom_up,
+                _ => recall.familiarity,
+            };
+            return (recall.active, g);
         }
         let active = self.load_active(x);
         self.overlaps();
@@ -418,6 +560,12 @@ impl SdrMemory {
     /// [`recognize`](Self::recognize) of the same `x`, whose tables it reuses; otherwise
     /// (checked) recognition is redone, which only costs a second pass.
     pub fn learn(&mut self, x: &[u64], recall: &Recall) -> Learned {
+        if !self.is_current(x, recall) {
+            // Not the latest recognition of x: learning x is a time step of its own.
+            if let Some(t) = &mut self.temporal {
+                t.advance();
+            }
+        }
         if self.params.policy == SaturationPolicy::Freeze && self.fill() >= self.params.max_fill {
             return Learned::Frozen;
         }
@@ -433,8 +581,17 @@ impl SdrMemory {
         // Taken out for the writes (no allocation), so `past_half_life` can borrow self.
         let mut scratch = std::mem::take(&mut self.scratch);
         let active = &scratch.active[..scratch.active_len];
-        let new_weights =
+        let mut new_weights =
             self.banks[self.scorer].write(x, active, &self.learn_code, k, &mut scratch.winners);
+        // W_H[j][winner] = 1 for j in the previous code (none at a sequence start).
+        let prev = self
+            .temporal
+            .as_ref()
+            .filter(|t| t.prev_valid)
+            .map(|t| &t.prev[..]);
+        if let Some(prev) = prev {
+            new_weights += self.banks[self.scorer].write_temporal(prev, k, &scratch.winners);
+        }
         if self.banks[self.scorer].born.is_none() {
             self.banks[self.scorer].born = Some(stamp);
         }
@@ -442,6 +599,13 @@ impl SdrMemory {
             let shadow = &mut self.banks[1 - self.scorer];
             shadow.born.get_or_insert(stamp);
             shadow.write(x, active, &self.learn_code, k, &mut scratch.winners);
+            if let Some(prev) = prev {
+                shadow.write_temporal(prev, k, &scratch.winners);
+            }
+        }
+        if let Some(t) = &mut self.temporal {
+            t.current.copy_from_slice(&self.learn_code);
+            t.current_valid = true;
         }
         self.scratch = scratch;
         debug_assert_eq!(self.learn_code.len(), q);

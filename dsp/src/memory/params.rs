@@ -92,6 +92,16 @@ pub struct MemoryParams {
     pub index_capacity: usize,
     /// Seed of the winner-choice RNG. Any value; default 0x5EED_03E3.
     pub seed: u64,
+    /// Temporal context (spec §1–2, the horizontal weights W_H): a cell's evidence also
+    /// needs the previous window's code, V = U^λU · H^λH with H_i the share of the
+    /// previous code's Q cells that connect to cell i, so a familiar window in an
+    /// unfamiliar order is novel. Costs (Q·K)² bits per bank (32 KiB at Q = 32, K = 16,
+    /// twice under [`SaturationPolicy::Rotate`]); the fill monitor then takes the fuller of
+    /// U and W_H. The first window of a sequence (after a gap, a restart, or a window
+    /// without a code) skips H. Default false (the baseline detector).
+    pub temporal: bool,
+    /// λH, temporal evidence exponent in V = U^λU · H^λH. Range 0.1..=16, default 1.
+    pub temporal_exponent: f64,
 }
 
 impl Default for MemoryParams {
@@ -114,6 +124,8 @@ impl Default for MemoryParams {
             rotate_every: 0,
             index_capacity: 256,
             seed: 0x5EED_03E3,
+            temporal: false,
+            temporal_exponent: 1.0,
         }
     }
 }
@@ -183,6 +195,13 @@ impl MemoryParams {
         )?;
         f("active_band", "in 0..=1", self.active_band, 0.0, 1.0)?;
         f("max_fill", "in 0.01..=1", self.max_fill, 0.01, 1.0)?;
+        f(
+            "temporal_exponent",
+            "in 0.1..=16",
+            self.temporal_exponent,
+            0.1,
+            16.0,
+        )?;
         check_range(
             "rotate_every",
             "in 0..=1e9",

@@ -112,6 +112,12 @@ impl MemoryScorer {
         self.residual.learn();
     }
 
+    /// Starts a new sequence (after a gap): the next window gets no temporal context.
+    /// Without [`MemoryParams::temporal`] this does nothing.
+    pub fn break_sequence(&mut self) {
+        self.memory.break_sequence();
+    }
+
     /// Familiarity G of the window scored last.
     pub fn familiarity(&self) -> f64 {
         self.recall.familiarity
