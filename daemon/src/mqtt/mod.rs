@@ -307,6 +307,26 @@ impl Tracker {
         }
     }
 
+    /// Applies the packet-id events rumqttc still holds in its event queue when a connection
+    /// fails, and removes them; other events stay. rumqttc queues `Outgoing::Publish(pkid)`
+    /// before it writes the packet, and a failed write leaves the event queued, to be reported
+    /// only after the next ConnAck — where it would pair this connection's packet id with the
+    /// next connection's first publish (and that publish's PUBACK would then complete the
+    /// wrong event).
+    pub fn apply_leftover_events(&mut self, events: &mut VecDeque<Event>) {
+        events.retain(|ev| match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) if *pkid != 0 => {
+                self.on_sent(*pkid);
+                false
+            }
+            Event::Incoming(Packet::PubAck(a)) => {
+                self.on_puback(a.pkid);
+                false
+            }
+            _ => true,
+        });
+    }
+
     /// Acknowledged and lost publishes since the last call.
     pub fn take_settled(&mut self) -> (Vec<Tag>, Vec<Tag>) {
         (
@@ -323,6 +343,9 @@ enum NotPublished {
     Disconnected,
     /// The client's request queue is full.
     QueueFull,
+    /// Publishes lost with the previous session are not back in the outbox's line yet;
+    /// sending anything first would put newer events before them.
+    LostPending,
 }
 
 impl Link {
@@ -341,12 +364,13 @@ impl Link {
     }
 
     /// The connection failed: `retire` (which empties the client's queues into rumqttc's
-    /// pending list) runs under the link's lock, so no publish is handed to the client
-    /// between it and the link going down; every outstanding publish is then in that list,
-    /// which the next connection sends (resumed session) or drops (new session).
-    fn on_disconnect(&self, retire: impl FnOnce()) {
+    /// pending list and hands the tracker the packet-id events rumqttc still holds) runs
+    /// under the link's lock, so no publish is handed to the client between it and the link
+    /// going down; every outstanding publish is then in that list, which the next connection
+    /// sends (resumed session) or drops (new session).
+    fn on_disconnect(&self, retire: impl FnOnce(&mut Tracker)) {
         self.update(|s| {
-            retire();
+            retire(&mut s.tracker);
             s.connected = false;
         });
     }
@@ -372,6 +396,9 @@ impl Link {
         let mut s = self.state.lock().expect("link lock");
         if !s.connected || s.connection != conn {
             return Err(NotPublished::Disconnected);
+        }
+        if !s.tracker.lost.is_empty() {
+            return Err(NotPublished::LostPending);
         }
         client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
@@ -471,8 +498,10 @@ impl Ingest {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.link
-                        .on_disconnect(|| self.acker.retire_connection(&mut eventloop));
+                    self.link.on_disconnect(|tracker| {
+                        self.acker.retire_connection(&mut eventloop);
+                        tracker.apply_leftover_events(&mut eventloop.state.events);
+                    });
                     self.metrics
                         .health
                         .subscribed
@@ -703,7 +732,12 @@ pub async fn publish_outbound(
             if status_on == Some(conn) {
                 sent = publish_window(&settings, &client, &link, conn, &mut outbox, &metrics);
             }
-            if sent == Err(NotPublished::QueueFull) {
+            // LostPending: the next turn (woken by the link change that lost them) puts the
+            // lost publishes back in line first; the timer is only a backstop.
+            if matches!(
+                sent,
+                Err(NotPublished::QueueFull | NotPublished::LostPending)
+            ) {
                 retry = Some(tokio::time::Instant::now() + QUEUE_FULL_RETRY);
             }
         }
@@ -1057,5 +1091,58 @@ mod tests {
         t.on_sent(1);
         t.on_puback(1);
         assert_eq!(settled(&mut t).0, [Tag::Event(2)]);
+    }
+
+    /// A publish whose write failed leaves `Outgoing::Publish(pkid)` in rumqttc's event queue.
+    /// Applied at the disconnect, it is lost with its session and the next connection's
+    /// publishes pair with their own packet ids; without it the status (first on a new
+    /// connection) would take the old id and the next event's PUBACK would complete it.
+    #[test]
+    fn leftover_packet_ids_are_applied_before_the_next_connection() {
+        let mut t = Tracker::default();
+        t.queue(Tag::Event(1));
+        t.queue(Tag::Event(2));
+        t.on_sent(1);
+        let incoming = Event::Incoming(Packet::PingResp);
+        let mut left: VecDeque<Event> = [
+            Event::Outgoing(Outgoing::Publish(2)),
+            incoming.clone(),
+            Event::Incoming(Packet::PubAck(rumqttc::PubAck::new(1))),
+        ]
+        .into();
+        t.apply_leftover_events(&mut left);
+        assert_eq!(left, VecDeque::from([incoming]), "other events stay");
+        t.on_connect(false);
+        let (acked, lost) = settled(&mut t);
+        assert_eq!(acked, [Tag::Event(1)]);
+        assert_eq!(lost, [Tag::Event(2)]);
+        // New connection: the status and the resent event get ids 1 and 2 afresh.
+        t.queue(Tag::Status);
+        t.queue(Tag::Event(2));
+        t.on_sent(1);
+        t.on_sent(2);
+        t.on_puback(2);
+        assert_eq!(settled(&mut t).0, [Tag::Event(2)]);
+        assert_eq!(t.outstanding(), 1);
+    }
+
+    /// While publishes lost with their session wait to be put back in line, nothing new is
+    /// handed to the client (it would overtake them).
+    #[test]
+    fn nothing_is_published_before_lost_publishes_are_back_in_line() {
+        let (client, _eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 8);
+        let link = Link::default();
+        link.update(|s| {
+            s.tracker.queue(Tag::Event(1));
+            s.tracker.on_sent(1);
+        });
+        link.on_connect(false);
+        let conn = link.current().expect("connected");
+        let publish =
+            || link.try_publish(&client, conn, Tag::Event(2), "t/x".into(), false, vec![1]);
+        assert_eq!(publish(), Err(NotPublished::LostPending));
+        let (_, lost) = link.take_settled();
+        assert_eq!(lost, [Tag::Event(1)]);
+        assert_eq!(publish(), Ok(()));
     }
 }
