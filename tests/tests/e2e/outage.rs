@@ -173,6 +173,34 @@ fn wait_metrics(daemon: &Daemon, what: &str, pred: impl Fn(&Scrape) -> bool) -> 
     })
 }
 
+/// Scrapes until the daemon has taken `total` samples, for as long as it keeps taking more:
+/// fails only when the count stands still for `TIMEOUT * 2`. How long a backlog takes depends
+/// on the machine (a debug build under qemu-user takes minutes for what takes seconds here);
+/// that it makes progress and finishes is what the tests rely on.
+fn wait_samples(daemon: &Daemon, total: u64) -> Scrape {
+    let addr = daemon.http_addr().expect("http endpoint");
+    let (mut last, mut since) = (None, std::time::Instant::now());
+    loop {
+        if let Some(s) = Scrape::take(addr) {
+            let taken = s.counter("samples");
+            if taken == total {
+                return s;
+            }
+            if last != Some(taken) {
+                (last, since) = (Some(taken), std::time::Instant::now());
+            }
+        }
+        assert!(
+            since.elapsed() < TIMEOUT * 2,
+            "the daemon stopped taking samples at {last:?} of {total} for {:?}; last scrape: {:?}\nlog:\n{}",
+            TIMEOUT * 2,
+            Scrape::take(addr),
+            daemon.output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// The gate file of the worker hook; the daemon's workers wait while it exists.
 struct Gate {
     _dir: tempfile::TempDir,
@@ -286,6 +314,7 @@ fn detect_during_outage(
     broker.stop(libc::SIGTERM).expect("stop the broker");
     wait_metrics(&daemon, "the daemon saw the broker go", |s| !s.connected());
     gate.open();
+    wait_samples(&daemon, n);
     let s = wait_metrics(&daemon, "every sample scored, every event out", |s| {
         s.counter("samples") == n
             && s.counter("detections") == events as u64
@@ -388,6 +417,7 @@ fn a_burst_of_events_from_many_keys_goes_out_in_flight_together_in_order() {
         s.counter("messages") == total
     });
     gate.open();
+    wait_samples(&daemon, total);
     let n = expected.len() as u64;
     let s = wait_metrics(&daemon, "every event delivered", |s| {
         s.counter("samples") == total
