@@ -71,7 +71,9 @@ enum Command {
         /// Write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Write per-row scores in NAB's results layout under this folder.
+        /// Write per-row scores in NAB's results layout under this folder: `<detector>/` has
+        /// the detection rows' likelihoods (0 elsewhere: the events, for NAB's scorer),
+        /// `<detector>_likelihood/` every row's likelihood.
         #[arg(long)]
         results: Option<PathBuf>,
         /// Write a figure per file (and detector) under this folder.

@@ -90,8 +90,9 @@ fn normalised_scores(json: &serde_json::Value) -> Vec<(String, String, f64)> {
     out
 }
 
-/// On a tiny corpus: text tables and JSON for both inputs and all three profiles, with
-/// finite normalised scores, and one results file per data file, one row per input row.
+/// On a tiny corpus: text tables and JSON for the three inputs and all three profiles, with
+/// finite normalised scores, and per data file two results files, one row per input row: the
+/// events (non-zero exactly on the rows that raised a detection) and every row's likelihood.
 #[test]
 fn eval_nab_on_a_tiny_corpus_writes_tables_json_and_results() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,7 +118,7 @@ fn eval_nab_on_a_tiny_corpus_writes_tables_json_and_results() {
     assert_eq!(json["nab"]["files"], 2);
     assert_eq!(json["nab"]["windows"], 1);
     let scores = normalised_scores(&json);
-    assert_eq!(scores.len(), 6, "{scores:?}");
+    assert_eq!(scores.len(), 9, "{scores:?}");
     for (input, profile, s) in &scores {
         assert!(
             s.is_finite() && (-1000.0..=100.0).contains(s),
@@ -125,18 +126,47 @@ fn eval_nab_on_a_tiny_corpus_writes_tables_json_and_results() {
         );
     }
 
+    let detections = |name: &str| {
+        let run = json["nab"]["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["input"] == "detections")
+            .unwrap();
+        let file = run["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["file"] == format!("synthetic/{name}"))
+            .unwrap();
+        file["pipeline_detections"].as_u64().unwrap() as usize
+    };
     for name in ["step.csv", "calm.csv"] {
-        let path = results.join(format!("baseline/synthetic/baseline_{name}"));
-        let csv = std::fs::read_to_string(&path).unwrap();
-        let mut lines = csv.lines();
-        assert_eq!(lines.next(), Some("timestamp,value,anomaly_score"));
-        let rows: Vec<&str> = lines.collect();
-        assert_eq!(rows.len(), 2500);
-        for row in rows {
-            let score: f64 = row.rsplit(',').next().unwrap().parse().unwrap();
-            assert!((0.0..=1.0).contains(&score), "{row}");
+        let read = |folder: &str| -> Vec<f64> {
+            let path = results.join(format!("{folder}/synthetic/{folder}_{name}"));
+            let csv = std::fs::read_to_string(&path).unwrap();
+            let mut lines = csv.lines();
+            assert_eq!(lines.next(), Some("timestamp,value,anomaly_score"));
+            let scores: Vec<f64> = lines
+                .map(|row| row.rsplit(',').next().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(scores.len(), 2500);
+            assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "{path:?}");
+            scores
+        };
+        let events = read("baseline");
+        let likelihood = read("baseline_likelihood");
+        let raised: Vec<usize> = (0..events.len()).filter(|&i| events[i] > 0.0).collect();
+        assert_eq!(raised.len(), detections(name), "{name}");
+        for &i in &raised {
+            assert_eq!(events[i], likelihood[i], "{name} row {i}");
+            assert!(
+                events[i] >= 0.5,
+                "{name} row {i}: below the alert threshold"
+            );
         }
     }
+    assert_eq!(detections("step.csv"), 1, "the step is detected once");
 }
 
 /// A malformed row, a timestamp going backwards or a missing column fail with exit 1 and a
@@ -214,10 +244,23 @@ fn eval_nab_dev_scores_are_sane_and_null_scores_zero() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(json["nab"]["files"], 34);
-    for (input, profile, s) in normalised_scores(&json) {
+    let scores = normalised_scores(&json);
+    for (input, profile, s) in &scores {
         assert!(
-            s.is_finite() && (-1000.0..=100.0).contains(&s),
+            s.is_finite() && (-1000.0..=100.0).contains(s),
             "{input} {profile}: {s}"
+        );
+    }
+    // The events, swept, can only choose among the daemon's own detections: never below the
+    // fixed-threshold score, so NAB's scorer on `--results` reproduces at least the headline.
+    for (input, profile, s) in scores.iter().filter(|(i, _, _)| i == "detections") {
+        let (_, _, swept) = scores
+            .iter()
+            .find(|(i, p, _)| i == "events" && p == profile)
+            .unwrap();
+        assert!(
+            swept >= s,
+            "{input} {profile}: events {swept} < detections {s}"
         );
     }
 

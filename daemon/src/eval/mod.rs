@@ -8,10 +8,12 @@
 //! - [`skab`]: SKAB's row metrics (F1, FAR, MAR). Pure.
 //! - [`report`]: the result types, their text tables, the JSON file and NAB's results layout.
 //!
-//! NAB is scored from two per-row inputs: `likelihood` (the most recent window's likelihood,
-//! 0 during warm-up; the threshold is swept per profile, as NAB does for any detector) and
+//! NAB is scored from three per-row inputs: `likelihood` (the most recent window's likelihood,
+//! 0 during warm-up; the threshold is swept per profile, as NAB does for any detector),
 //! `detections` (1 on the row that raised a detection, else 0, at threshold 0.5: what a
-//! deployed daemon emits, one event per incident). Detectors are [`DetectorKind`] values, so a
+//! deployed daemon emits, one event per incident; the headline number) and `events` (the
+//! detection rows' likelihoods, 0 elsewhere, swept: what `--results` writes for NAB's own
+//! scorer, which counts every row above its threshold; it scores at least `detections`). Detectors are [`DetectorKind`] values, so a
 //! new kind is evaluated by naming it in `--detector`.
 
 pub mod corpus;
@@ -153,16 +155,35 @@ fn evaluate_nab(
         })
         .into_iter()
         .collect::<Result<Vec<Replay>>>()?;
+        // What the daemon emits, per row: the likelihood on a row that raised a detection,
+        // 0 elsewhere. NAB's scorer counts every row above its threshold, so this (one
+        // positive row per incident) is the per-row score that represents the events.
+        let events: Vec<Vec<f64>> = replays
+            .iter()
+            .map(|r| {
+                r.detection
+                    .iter()
+                    .zip(&r.likelihood)
+                    .map(|(&d, &l)| if d > 0.0 { l } else { 0.0 })
+                    .collect()
+            })
+            .collect();
         if let Some(out) = results {
-            for (f, r) in corpus.files.iter().zip(&replays) {
-                let rows = (0..f.series.rows()).map(|i| {
-                    (
-                        f.series.ts_text[i].clone(),
-                        f.series.row(i)[0],
-                        r.likelihood[i],
-                    )
-                });
-                report::write_results_file(out, name, &f.category, &f.name, rows)?;
+            for ((f, r), ev) in corpus.files.iter().zip(&replays).zip(&events) {
+                let rows = |score: &'_ [f64]| {
+                    (0..f.series.rows())
+                        .map(|i| (f.series.ts_text[i].clone(), f.series.row(i)[0], score[i]))
+                        .collect::<Vec<_>>()
+                };
+                report::write_results_file(out, name, &f.category, &f.name, rows(ev).into_iter())?;
+                let per_row = format!("{name}_likelihood");
+                report::write_results_file(
+                    out,
+                    &per_row,
+                    &f.category,
+                    &f.name,
+                    rows(&r.likelihood).into_iter(),
+                )?;
             }
         }
         if let Some((out, format)) = &opts.plots {
@@ -189,6 +210,8 @@ fn evaluate_nab(
             &replays,
             Some(0.5),
         ));
+        let events: Vec<&[f64]> = events.iter().map(|e| &e[..]).collect();
+        runs.push(nab_run(&corpus, name, "events", &events, &replays, None));
     }
     Ok(NabReport {
         dir: dir.display().to_string(),
