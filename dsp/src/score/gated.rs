@@ -7,24 +7,37 @@
 //! its tail, so it alarms every time although the stream has done it before. The memory can:
 //! it stores states, and a stored state is familiar however rare it is.
 //!
-//! Per window, the state is the baseline's own features (per channel: mean, spread, newest-
-//! eighth mean, and the two long time-scale features), each as a z-score against its learned
-//! history (what the baseline judged), compressed to `u = sign(z)·log2(1 + |z|)` so a burst
-//! at z = 100 and one at z = 300 are neighbours while z = 0 and z = 8 are not, and encoded
-//! into an overlapping-bucket scalar block ([`ScalarBlockParams`]): nearby values share most
-//! of their bits. Unlike the dictionary code, which is new for every window's fine shape,
-//! this input repeats whenever the stream is in the same kind of state. The memory
-//! ([`SdrMemory`]) is asked in recognition mode how familiar that input is, and
+//! Per window and channel, the state is that channel's baseline features (mean, spread,
+//! newest-eighth mean, and the two long time-scale features), each as a z-score against its
+//! learned history (what the baseline judged), compressed to `u = sign(z)·log2(1 + |z|)` so a
+//! burst at z = 100 and one at z = 300 are neighbours while z = 0 and z = 8 are not, and
+//! encoded into an overlapping-bucket scalar block ([`ScalarBlockParams`]): nearby values
+//! share most of their bits. Unlike the dictionary code, which is new for every window's fine
+//! shape, this input repeats whenever the channel is in the same kind of state. Each channel
+//! has its own memory ([`SdrMemory`], evidence exponent 4 so that a state matching four of
+//! five features is not "mostly familiar"); the memory of the channel the baseline flagged is
+//! asked in recognition mode how familiar its state is, and
 //!
 //! `raw = baseline_raw × g(novelty)`, `g = clamp((novelty − floor) / (full − floor), 0, 1)`,
 //!
 //! with novelty = 1 − G (or the two-sided 1 − G·R). A product, not a minimum or an OR: the
 //! memory may only take surprise away (a familiar state), never add it, so on a stream
-//! without recurring rare states the detector is the baseline. The memory learns the windows
-//! the pipeline learns: warm-up windows and normal windows, and in an incident only those the
-//! alert policy samples (`learn_every`, `relearn_after`); so a fault that keeps coming back
-//! while alerting stays novel, but a burst the stream made while it was being learned, or
-//! that scored below the alert level, makes its later repeats familiar.
+//! without recurring rare states the detector is the baseline. While an incident is open the
+//! gate is 1 (by default): it decides whether a state opens an incident, not how long one
+//! lasts.
+//!
+//! What the memory stores: only windows the pipeline learns (warm-up and quiet windows, and
+//! in an incident only those the alert policy samples, `learn_every` / `relearn_after`), and
+//! of those only the rare ones, whose baseline score was at least `store_above`. So a fault
+//! that keeps coming back while alerting stays novel, but a burst the stream made while it
+//! was being learned, or that stayed below the alert level, makes its later repeats familiar;
+//! and the many mildly unusual windows of a normal stream are not stored, so they cannot make
+//! a real but modest change look familiar (storing every learned window lost half of the
+//! NAB true positives; BENCHMARKS.md, "Memory-gated baseline").
+//!
+//! The state is relative to the baseline's history, which changes as rare windows enter it,
+//! so the same burst drifts through neighbouring states until the history holds several;
+//! the first repeats after a burst was learned are not always familiar yet.
 
 use serde::{Deserialize, Serialize};
 
