@@ -8,6 +8,10 @@
 //! - `memory/*_temporal`: the two learn cases with the temporal context on
 //!   ([`MemoryParams::temporal`]): h from the previous code's W_H rows, V = U·H, W_H writes.
 //! - `encode/atom_slot`, `encode/projection`: a k = 8 sparse code over n = 64 atoms → x.
+//! - `gated/baseline`, `gated/gated`: one window (32 samples, 1 channel) scored and learned by
+//!   the baseline scorer alone and by the gated detector (the baseline, its features' z-scores,
+//!   the state's encoding, recognition in the channel's memory, and learning the rare
+//!   windows), on a stream of noise with a burst every 50 windows.
 //!
 //! Memories are pre-filled with 60 distinct items outside the timed closure (p1 ≈ 0.1 of the
 //! scoring bank, past the younger bank's start, so both banks are written). Inputs are
@@ -165,5 +169,63 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, encode);
+fn gated(c: &mut Criterion) {
+    use sparsewatch_dsp::score::{BaselineParams, BaselineScorer, GatedParams, GatedScorer};
+    use sparsewatch_dsp::window::WindowView;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(SEED ^ 2);
+    let windows: Vec<Vec<f64>> = (0..1000)
+        .map(|i| {
+            (0..32)
+                .map(|j| {
+                    let v = 1.0 + 0.1 * rng.random_range(-1.0..1.0);
+                    if i % 50 == 0 && j >= 28 {
+                        v * 300.0
+                    } else {
+                        v
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    fn view(values: &[f64]) -> WindowView<'_> {
+        WindowView {
+            start_ms: 0,
+            end_ms: 0,
+            len: 32,
+            channels: 1,
+            values,
+        }
+    }
+    let mut group = c.benchmark_group("gated");
+    group.throughput(Throughput::Elements(1));
+    let mut baseline = BaselineScorer::new(BaselineParams::default(), 1);
+    let mut gated = GatedScorer::new(GatedParams::default(), BaselineParams::default(), 1);
+    for w in &windows[..300] {
+        baseline.score(&view(w));
+        baseline.learn();
+        gated.score(&view(w), false);
+        gated.learn(false);
+    }
+    let mut i = 0;
+    group.bench_function("baseline", |b| {
+        b.iter(|| {
+            i = (i + 1) % windows.len();
+            let s = baseline.score(std::hint::black_box(&view(&windows[i])));
+            baseline.learn();
+            s.score
+        })
+    });
+    let mut i = 0;
+    group.bench_function("gated", |b| {
+        b.iter(|| {
+            i = (i + 1) % windows.len();
+            let s = gated.score(std::hint::black_box(&view(&windows[i])), false);
+            gated.learn(false);
+            s.score
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, memory, encode, gated);
 criterion_main!(benches);

@@ -16,7 +16,8 @@ use crate::params::{check_range, ParamError};
 use crate::sample::Sample;
 use crate::score::{
     AlertParams, AlertState, AlertStep, Alerter, AnomalyLikelihood, BaselineParams, BaselineScorer,
-    LikelihoodParams, MemoryDetectorParams, MemoryScorer, RawScore, ResidualParams, ResidualScorer,
+    GateReading, GatedParams, GatedScorer, LikelihoodParams, MemoryDetectorParams, MemoryScorer,
+    RawScore, ResidualParams, ResidualScorer,
 };
 use crate::window::{Framer, FramerParams, Normaliser, NormaliserParams, PushOutcome};
 
@@ -33,6 +34,10 @@ pub enum DetectorKind {
     /// Novelty of the window's code in the sparse-distributed associative memory, combined
     /// with the residual ([`crate::score::memory`]). Needs the code stage.
     Memory,
+    /// The baseline's score, let through only for a window state (the baseline's features as
+    /// z-scores) the associative memory finds novel ([`crate::score::gated`]): a recurring
+    /// rare state stops alarming once the memory learned it.
+    Gated,
 }
 
 impl DetectorKind {
@@ -41,6 +46,7 @@ impl DetectorKind {
             DetectorKind::Baseline => "baseline",
             DetectorKind::Residual => "residual",
             DetectorKind::Memory => "memory",
+            DetectorKind::Gated => "gated",
         }
     }
 }
@@ -56,6 +62,7 @@ pub struct PipelineParams {
     pub baseline: BaselineParams,
     pub residual: ResidualParams,
     pub memory: MemoryDetectorParams,
+    pub gated: GatedParams,
     pub dictionary: DictionaryParams,
     pub coding: CodingParams,
     pub likelihood: LikelihoodParams,
@@ -110,6 +117,7 @@ impl PipelineParams {
             .check()
             .map_err(|e| e.in_section("residual"))?;
         self.memory.check().map_err(|e| e.in_section("memory"))?;
+        self.gated.check().map_err(|e| e.in_section("gated"))?;
         self.dictionary
             .check()
             .map_err(|e| e.in_section("dictionary"))?;
@@ -179,12 +187,22 @@ enum Scorer {
     Baseline(BaselineScorer),
     Residual(ResidualScorer),
     Memory(Box<MemoryScorer>),
+    Gated(Box<GatedScorer>),
 }
 
 impl Scorer {
-    fn score(&mut self, framer: &Framer, codes: Option<&mut CodeStage>, y: &[f64]) -> RawScore {
+    /// `in_incident`: the stream is alerting (the gated detector lets the baseline's score
+    /// through then).
+    fn score(
+        &mut self,
+        framer: &Framer,
+        codes: Option<&mut CodeStage>,
+        y: &[f64],
+        in_incident: bool,
+    ) -> RawScore {
         match self {
             Scorer::Baseline(b) => b.score(&framer.window()),
+            Scorer::Gated(g) => g.score(&framer.window(), in_incident),
             Scorer::Residual(r) => {
                 let c = codes.expect("the residual detector has a code stage");
                 RawScore {
@@ -215,6 +233,7 @@ impl Scorer {
             Scorer::Baseline(b) => b.learn(),
             Scorer::Residual(r) => r.learn(),
             Scorer::Memory(m) => m.learn(),
+            Scorer::Gated(g) => g.learn(in_incident),
         }
     }
 }
@@ -378,6 +397,11 @@ impl Pipeline {
                 n,
             ))),
             DetectorKind::Residual => Scorer::Residual(ResidualScorer::new(p.residual.clone())),
+            DetectorKind::Gated => Scorer::Gated(Box::new(GatedScorer::new(
+                p.gated.clone(),
+                p.baseline.clone(),
+                channels,
+            ))),
         };
         Ok(Self {
             framer: Framer::new(p.framer.clone(), channels),
@@ -464,11 +488,22 @@ impl Pipeline {
     }
 
     /// The memory's recall of the last completed window (its SDR code, familiarity and best
-    /// match), when the detector is `memory`.
+    /// match), when the detector is `memory` (the window's code) or `gated` (the window's
+    /// state).
     pub fn recall(&self) -> Option<&Recall> {
         match &self.scorer {
             Scorer::Memory(m) => Some(m.recall()),
+            Scorer::Gated(g) => Some(g.recall()),
             Scorer::Baseline(_) | Scorer::Residual(_) => None,
+        }
+    }
+
+    /// The gate's reading of the last completed window (baseline score, novelty, gate), when
+    /// the detector is `gated`.
+    pub fn gate_reading(&self) -> Option<GateReading> {
+        match &self.scorer {
+            Scorer::Gated(g) => Some(g.reading()),
+            _ => None,
         }
     }
 
@@ -492,10 +527,11 @@ impl Pipeline {
         })
     }
 
-    /// The associative memory, when the detector is `memory`.
+    /// The associative memory, when the detector is `memory` or `gated`.
     pub fn memory(&self) -> Option<&crate::memory::SdrMemory> {
         match &self.scorer {
             Scorer::Memory(m) => Some(m.memory()),
+            Scorer::Gated(g) => Some(g.memory()),
             Scorer::Baseline(_) | Scorer::Residual(_) => None,
         }
     }
@@ -565,9 +601,13 @@ impl Pipeline {
             c.split_fresh = false;
         }
         let residual = self.codes.as_ref().map(|c| c.code.residual());
-        let raw = self
-            .scorer
-            .score(&self.framer, self.codes.as_mut(), &self.normalised);
+        let alerting = self.alerter.state() == AlertState::Alerting;
+        let raw = self.scorer.score(
+            &self.framer,
+            self.codes.as_mut(),
+            &self.normalised,
+            alerting,
+        );
         let learning_before = self.alerter.learning_allowed();
         let likelihood = self.likelihood.update(raw.score, learning_before);
         let step = self.alerter.observe(likelihood);
@@ -922,6 +962,78 @@ mod tests {
         assert!(r.is_coded());
         assert!(r.familiarity > 0.9, "a repeated sine is familiar: {r:?}");
         assert!(r.best_match.is_some_and(|b| b.overlap > 0.5), "{r:?}");
+    }
+
+    /// The gated detector: the memory stores only windows the pipeline learns (never an
+    /// incident's unlearned windows), the whole state round-trips, and the gate's reading and
+    /// recall are exposed.
+    #[test]
+    fn the_gated_detector_learns_only_learned_windows_and_round_trips() {
+        let params = PipelineParams {
+            detector: DetectorKind::Gated,
+            ..Default::default()
+        };
+        let params = params.check().unwrap();
+        let mut p = Pipeline::new(&params, 1);
+        let (mut detections, mut unlearned, mut json_checked) = (0, 0, false);
+        for (t, [_, b]) in noise(4).take(14_000).enumerate() {
+            // Bursts every 600 samples, then a lasting step from sample 10 000.
+            let v = if t >= 10_000 {
+                b + 40.0
+            } else if t % 600 < 3 && t > 600 {
+                b * 20.0
+            } else {
+                b
+            };
+            let before = p.memory().map(|m| m.learned()).unwrap();
+            let Some(r) = p.push(Sample::new(t as i64 * 1000, &[v]).unwrap()).report else {
+                continue;
+            };
+            let after = p.memory().map(|m| m.learned()).unwrap();
+            let g = p.gate_reading().expect("gated detector");
+            assert!((0.0..=1.0).contains(&g.gate) && (0.0..=1.0).contains(&g.novelty));
+            assert!((r.score - g.baseline * g.gate).abs() < 1e-12, "{r:?} {g:?}");
+            let familiarity = p.recall().unwrap().familiarity;
+            assert!((familiarity - (1.0 - g.novelty)).abs() < 1e-12, "{g:?}");
+            if !r.learned {
+                assert_eq!(
+                    after, before,
+                    "an unlearned window entered the memory: {r:?}"
+                );
+                unlearned += 1;
+            } else {
+                assert!(after - before <= 1);
+            }
+            detections += usize::from(r.detection.is_some());
+            if !json_checked && t >= 10_400 {
+                let json = serde_json::to_string(&p).unwrap();
+                let restored: Pipeline = serde_json::from_str(&json).unwrap();
+                assert!(restored == p, "gated state changed in a round trip");
+                json_checked = true;
+            }
+        }
+        assert!(json_checked);
+        assert!(detections >= 1 && unlearned > 0, "{detections} {unlearned}");
+        assert!(
+            p.memory().unwrap().learned() > 0,
+            "no rare state was stored"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_the_gated_detector_restores() {
+        let params = PipelineParams::default().check().unwrap();
+        let (p, _) = run(noise(12).take(500));
+        let mut v = serde_json::to_value(&p).unwrap();
+        v["params"]
+            .as_object_mut()
+            .unwrap()
+            .remove("gated")
+            .unwrap();
+        let old: Pipeline = serde_json::from_value(v).unwrap();
+        assert!(old == p);
+        assert_eq!(old.params(), params.get());
+        assert!(old.gate_reading().is_none() && old.memory().is_none());
     }
 
     #[test]

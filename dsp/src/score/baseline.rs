@@ -284,6 +284,61 @@ impl BaselineScorer {
         self.learn_window(false);
     }
 
+    /// Features per window (per channel: mean, std, newest-eighth mean, and with the long
+    /// time scale the mean and spread of the window means), channel-major.
+    pub fn features(&self) -> usize {
+        self.width()
+    }
+
+    /// Features of each channel in [`features`](Self::features) (3, or 5 with the long
+    /// time scale).
+    pub fn features_per_channel(&self) -> usize {
+        self.per_channel()
+    }
+
+    /// Writes into `out` (at least [`features`](Self::features) long) each feature of the
+    /// window scored last as a z-score against its learned history, as [`score`](Self::score)
+    /// computes it (same history, same scale floor); 0 for a feature that is not scored yet
+    /// (short history, or a long feature before its ring was learned). Call after `score`.
+    pub fn feature_z(&self, out: &mut [f64]) {
+        let width = self.width();
+        let per = self.per_channel();
+        let out = &mut out[..width];
+        let have = self.stored.min(self.params.history);
+        let long_have = self
+            .long_full_at
+            .map_or(0, |at| (self.stored - at).min(self.params.history));
+        for (f, z) in out.iter_mut().enumerate() {
+            let long = f % per >= FEATURES_PER_CHANNEL;
+            let have = if long { long_have } else { have };
+            let needed = if long {
+                self.params.min_history.max(self.params.long_windows)
+            } else {
+                self.params.min_history
+            };
+            if have < needed {
+                *z = 0.0;
+                continue;
+            }
+            let (mut sum, mut sum_sq) = (0.0, 0.0);
+            let newest = self.stored + self.params.history - 1;
+            for j in 0..have {
+                let row = if long {
+                    (newest - j) % self.params.history
+                } else {
+                    j
+                };
+                let v = self.ring[row * width + f];
+                sum += v;
+                sum_sq += v * v;
+            }
+            let mean = sum / have as f64;
+            let var = (sum_sq / have as f64 - mean * mean).max(0.0);
+            let std = var.sqrt().max(1e-9).max(1e-6 * mean.abs());
+            *z = (self.current[f] - mean) / std;
+        }
+    }
+
     fn learn_window(&mut self, long: bool) {
         let width = self.width();
         let row = self.stored % self.params.history;

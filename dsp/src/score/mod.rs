@@ -3,6 +3,8 @@
 //!
 //! - [`baseline`]: the rolling-window Gaussian reference detector (NAB's "windowed Gaussian"
 //!   idea applied to per-window features).
+//! - [`gated`]: the baseline's score, gated by the memory's novelty of the window's state
+//!   (a recurring rare state stops alarming once it was learned).
 //! - [`memory`]: familiarity of the window's code in the associative memory, with the
 //!   residual folded in.
 //! - [`residual`]: the dictionary's reconstruction residual, relative to its usual level.
@@ -12,6 +14,7 @@
 
 pub mod alert;
 pub mod baseline;
+pub mod gated;
 pub mod likelihood;
 pub mod memory;
 pub mod residual;
@@ -19,6 +22,7 @@ mod special;
 
 pub use alert::{AlertParams, AlertState, AlertStep, Alerter};
 pub use baseline::{BaselineParams, BaselineScorer, BaselineTail};
+pub use gated::{GateReading, GatedParams, GatedScorer};
 pub use likelihood::{AnomalyLikelihood, LikelihoodParams, LikelihoodScale};
 pub use memory::{MemoryDetectorParams, MemoryScorer};
 pub use residual::{ResidualParams, ResidualScorer};

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::params::ParamError;
 
 pub use projection::{ProjectionEncoder, ProjectionParams};
+pub(crate) use scalar::ScalarBlock;
 pub use scalar::ScalarBlockParams;
 pub use slot::{AtomSlotEncoder, AtomSlotParams};
 

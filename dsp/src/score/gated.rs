@@ -1,0 +1,451 @@
+//! The gated detector: the baseline's score, let through only for a window *state* the
+//! associative memory has not seen before.
+//!
+//! The baseline ([`super::baseline`]) judges each window feature against a (Student-t)
+//! Gaussian fit of its history. A Gaussian cannot represent a *recurring rare state*: a burst
+//! a hundred times the background that comes back every few hundred samples is always far in
+//! its tail, so it alarms every time although the stream has done it before. The memory can:
+//! it stores states, and a stored state is familiar however rare it is.
+//!
+//! Per window and channel, the state is that channel's baseline features (mean, spread,
+//! newest-eighth mean, and the two long time-scale features), each as a z-score against its
+//! learned history (what the baseline judged), compressed to `u = sign(z)·log2(1 + |z|)` so a
+//! burst at z = 100 and one at z = 300 are neighbours while z = 0 and z = 8 are not, and
+//! encoded into an overlapping-bucket scalar block ([`ScalarBlockParams`]): nearby values
+//! share most of their bits. Unlike the dictionary code, which is new for every window's fine
+//! shape, this input repeats whenever the channel is in the same kind of state. Each channel
+//! has its own memory ([`SdrMemory`], evidence exponent 4 so that a state matching four of
+//! five features is not "mostly familiar"); the memory of the channel the baseline flagged is
+//! asked in recognition mode how familiar its state is, and
+//!
+//! `raw = baseline_raw × g(novelty)`, `g = clamp((novelty − floor) / (full − floor), 0, 1)`,
+//!
+//! with novelty = 1 − G (or the two-sided 1 − G·R). A product, not a minimum or an OR: the
+//! memory may only take surprise away (a familiar state), never add it, so on a stream
+//! without recurring rare states the detector is the baseline. While an incident is open the
+//! gate is 1 (by default): it decides whether a state opens an incident, not how long one
+//! lasts.
+//!
+//! What the memory stores: only windows the pipeline learns (warm-up and quiet windows, and
+//! in an incident only those the alert policy samples, `learn_every` / `relearn_after`), and
+//! of those only the rare ones, whose baseline score was at least `store_above`. So a fault
+//! that keeps coming back while alerting stays novel, but a burst the stream made while it
+//! was being learned, or that stayed below the alert level, makes its later repeats familiar;
+//! and the many mildly unusual windows of a normal stream are not stored, so they cannot make
+//! a real but modest change look familiar (storing every learned window lost half of the
+//! NAB true positives; BENCHMARKS.md, "Memory-gated baseline").
+//!
+//! The state is relative to the baseline's history, which changes as rare windows enter it,
+//! so the same burst drifts through neighbouring states until the history holds several;
+//! the first repeats after a burst was learned are not always familiar yet.
+
+use serde::{Deserialize, Serialize};
+
+use super::baseline::{BaselineParams, BaselineScorer};
+use super::RawScore;
+use crate::memory::bitset::words_for;
+use crate::memory::encoder::ScalarBlock;
+use crate::memory::{MemoryParams, Recall, ScalarBlockParams, SdrMemory};
+use crate::params::{check_range, ParamError};
+use crate::window::WindowView;
+
+/// Parameters of the gated detector (`[pipeline.gated]`); the baseline part is
+/// `[pipeline.baseline]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatedParams {
+    /// Put the long time-scale features (when the baseline has them) into the state too.
+    /// Default true.
+    pub long_features: bool,
+    /// The scalar block of each feature, on the compressed z-score u = sign(z)·log2(1 + |z|)
+    /// (linear buckets from `min` to `max`). Default 64 bits, runs of 6, u in −10..10
+    /// (|z| up to ≈ 1000; 2.9 buckets per doubling of |z|).
+    pub block: ScalarBlockParams,
+    /// Novelty at or below which the baseline's score is cleared (a familiar state).
+    /// Range 0..novelty_full, default 0.1.
+    pub novelty_floor: f64,
+    /// Novelty at or above which the baseline's score passes unchanged.
+    /// Range novelty_floor..=1, default 0.4.
+    pub novelty_full: f64,
+    /// Novelty as 1 − G·R (two-sided: also a state that lacks parts of a stored one) rather
+    /// than 1 − G. Default false.
+    pub two_sided: bool,
+    /// The memory stores the state of a learned window only if the baseline's raw score
+    /// was at least this: a memory of *rare* states. Storing every normal window makes any
+    /// moderately unusual state look familiar (normal streams pass through z ≈ 3–4 often),
+    /// so a real but modest change would be gated. Range 0..=1, default 0.8 (p ≤ 1e-8).
+    pub store_above: f64,
+    /// Whether the gate also applies while an incident is open. false (default): the gate
+    /// only decides whether a state opens an incident; once open, the baseline's score runs
+    /// it unchanged, so a fault whose phases pass through familiar states is not split into
+    /// several incidents.
+    pub gate_in_incident: bool,
+    /// The memory of each channel. Default Q = 8 modules of K = 16 cells and evidence
+    /// exponent λ = 4 (V = (u/π)^4: a state that shares 80 % of its bits with a stored one
+    /// is 0.41 familiar, not 0.8, so a state that differs in one of its five features still
+    /// counts as new); otherwise as [`MemoryParams::default`].
+    pub sdr: MemoryParams,
+}
+
+impl Default for GatedParams {
+    fn default() -> Self {
+        Self {
+            long_features: true,
+            block: ScalarBlockParams {
+                bits: 64,
+                window: 6,
+                min: -10.0,
+                max: 10.0,
+            },
+            novelty_floor: 0.1,
+            novelty_full: 0.4,
+            two_sided: false,
+            store_above: 0.8,
+            gate_in_incident: false,
+            sdr: MemoryParams {
+                modules: 8,
+                evidence_exponent: 4.0,
+                ..MemoryParams::default()
+            },
+        }
+    }
+}
+
+impl GatedParams {
+    pub fn check(&self) -> Result<(), ParamError> {
+        self.block.check(false).map_err(|e| e.in_section("block"))?;
+        if self.block.bits == 0 {
+            return Err(ParamError::new("block.bits", "in 1..=4096", 0));
+        }
+        check_range(
+            "novelty_full",
+            "in 0..=1",
+            self.novelty_full,
+            f64::MIN_POSITIVE,
+            1.0,
+        )?;
+        check_range(
+            "novelty_floor",
+            "in 0..novelty_full",
+            self.novelty_floor,
+            0.0,
+            self.novelty_full,
+        )?;
+        if self.novelty_floor >= self.novelty_full {
+            return Err(ParamError::new(
+                "novelty_floor",
+                "below novelty_full",
+                self.novelty_floor,
+            ));
+        }
+        check_range("store_above", "in 0..=1", self.store_above, 0.0, 1.0)?;
+        self.sdr.check().map_err(|e| e.in_section("sdr"))
+    }
+}
+
+/// The gated detector's state: the baseline, one memory of window states per channel, and
+/// the buffers of one window (allocated at construction).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatedScorer {
+    params: GatedParams,
+    baseline: BaselineScorer,
+    /// One memory per channel: a channel's state is its own features, so a change of one
+    /// channel among many is not diluted by the others' familiar features.
+    memories: Vec<SdrMemory>,
+    /// Features of a channel that enter its state (indices into the channel's features).
+    kept: usize,
+    /// z-scores of the baseline's features for the window scored last.
+    z: Vec<f64>,
+    /// The encoded state of each channel (`words` words each) and its recall, reused by
+    /// `learn`.
+    input: Vec<u64>,
+    words: usize,
+    recalls: Vec<Recall>,
+    /// The channel the baseline flagged in the window scored last (whose novelty gates).
+    channel: usize,
+    /// Baseline raw score, novelty and gate of the window scored last.
+    last: GateReading,
+}
+
+/// What the gate saw for the window scored last.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct GateReading {
+    /// The baseline's raw score, before the gate.
+    pub baseline: f64,
+    /// The memory's novelty of the window's state.
+    pub novelty: f64,
+    /// g(novelty) ∈ [0, 1], the factor applied to the baseline's score.
+    pub gate: f64,
+}
+
+impl GatedScorer {
+    /// Panics unless both parameter sets pass their checks and `channels ≥ 1`.
+    pub fn new(params: GatedParams, baseline: BaselineParams, channels: usize) -> Self {
+        params.check().expect("GatedParams must be checked");
+        let baseline = BaselineScorer::new(baseline, channels);
+        let per = baseline.features_per_channel();
+        let kept = if params.long_features { per } else { 3 };
+        let bits = kept * params.block.bits;
+        let active = kept * params.block.active();
+        let memory = SdrMemory::new(params.sdr.clone(), bits, active);
+        let words = words_for(bits);
+        Self {
+            z: vec![0.0; baseline.features()],
+            input: vec![0; words * channels],
+            words,
+            recalls: vec![memory.new_recall(); channels],
+            memories: vec![memory; channels],
+            kept,
+            baseline,
+            params,
+            channel: 0,
+            last: GateReading::default(),
+        }
+    }
+
+    /// g(novelty): 0 at or below the floor, 1 at or above `novelty_full`, linear between.
+    pub fn gate(&self, novelty: f64) -> f64 {
+        let (lo, hi) = (self.params.novelty_floor, self.params.novelty_full);
+        ((novelty - lo) / (hi - lo)).clamp(0.0, 1.0)
+    }
+
+    /// The compressed z-score a feature's scalar block encodes: sign(z)·log2(1 + |z|).
+    fn compress(z: f64) -> f64 {
+        if z.is_nan() {
+            0.0
+        } else {
+            z.signum() * z.abs().ln_1p() / std::f64::consts::LN_2
+        }
+    }
+
+    /// Scores a window: the baseline's raw score times the gate of the novelty of the
+    /// flagged channel's state. Does not learn.
+    /// `in_incident`: an incident is open (the gate is then 1 unless `gate_in_incident`).
+    pub fn score(&mut self, window: &WindowView<'_>, in_incident: bool) -> RawScore {
+        let raw = self.baseline.score(window);
+        self.baseline.feature_z(&mut self.z);
+        self.input.fill(0);
+        let (bits, per, words) = (
+            self.params.block.bits,
+            self.baseline.features_per_channel(),
+            self.words,
+        );
+        for (c, memory) in self.memories.iter_mut().enumerate() {
+            let x = &mut self.input[c * words..(c + 1) * words];
+            for f in 0..self.kept {
+                let u = Self::compress(self.z[c * per + f]);
+                ScalarBlock::new(self.params.block.clone(), false, f * bits).encode(u, x);
+            }
+            memory.recognize(x, &mut self.recalls[c]);
+        }
+        self.channel = raw.channel.min(self.memories.len() - 1);
+        let recall = &self.recalls[self.channel];
+        let novelty = if self.params.two_sided {
+            recall.two_sided_novelty()
+        } else {
+            recall.novelty()
+        }
+        .clamp(0.0, 1.0);
+        let gate = if in_incident && !self.params.gate_in_incident {
+            1.0
+        } else {
+            self.gate(novelty)
+        };
+        self.last = GateReading {
+            baseline: raw.score,
+            novelty,
+            gate,
+        };
+        RawScore {
+            score: raw.score * gate,
+            channel: raw.channel,
+        }
+    }
+
+    /// Learns the window scored last: its features join the baseline's history and each
+    /// channel's state is stored in its memory. `in_incident`: learned by the alert policy
+    /// while an incident is open (the baseline keeps it out of its long time scale).
+    pub fn learn(&mut self, in_incident: bool) {
+        let store = self.last.baseline >= self.params.store_above;
+        if in_incident {
+            self.baseline.learn_in_incident();
+        } else {
+            self.baseline.learn();
+        }
+        if !store {
+            return;
+        }
+        let words = self.words;
+        for (c, memory) in self.memories.iter_mut().enumerate() {
+            memory.learn(&self.input[c * words..(c + 1) * words], &self.recalls[c]);
+        }
+    }
+
+    /// The gate's reading of the window scored last.
+    pub fn reading(&self) -> GateReading {
+        self.last
+    }
+
+    /// The recall of the flagged channel's state in the window scored last (its familiarity
+    /// G is what gated the score).
+    pub fn recall(&self) -> &Recall {
+        &self.recalls[self.channel]
+    }
+
+    /// The memory of the channel flagged in the window scored last.
+    pub fn memory(&self) -> &SdrMemory {
+        &self.memories[self.channel]
+    }
+
+    /// The memories, one per channel.
+    pub fn memories(&self) -> &[SdrMemory] {
+        &self.memories
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(values: &[f64]) -> WindowView<'_> {
+        WindowView {
+            start_ms: 0,
+            end_ms: 0,
+            len: values.len(),
+            channels: 1,
+            values,
+        }
+    }
+
+    /// A 32-sample window of deterministic noise around 1 (no burst) or with its newest
+    /// `burst` samples `height` times the background (a burst entering the window).
+    fn window(i: usize, burst: usize, height: f64) -> Vec<f64> {
+        (0..32)
+            .map(|j| {
+                let noise = 1.0 + 0.1 * ((((i * 4 + j) * 37) % 17) as f64 / 17.0 - 0.5);
+                if j >= 32 - burst {
+                    noise * height
+                } else {
+                    noise
+                }
+            })
+            .collect()
+    }
+
+    /// Runs a stream with a 4-sample burst 300× the background every 50 windows from
+    /// window 50 on, learning every window before `learn_until` (as the pipeline does in
+    /// warm-up or while the alert stays quiet), and returns the reading of each burst window.
+    fn bursts(g: &mut GatedScorer, windows: usize, learn_until: usize) -> Vec<GateReading> {
+        let mut readings = vec![];
+        for i in 0..windows {
+            let burst = i >= 50 && i % 50 == 0;
+            let height = 300.0;
+            let w = window(i, if burst { 4 } else { 0 }, height);
+            let s = g.score(&view(&w), false);
+            assert_eq!(s.score, g.reading().baseline * g.reading().gate);
+            if burst {
+                readings.push(g.reading());
+            }
+            if i < learn_until {
+                g.learn(false);
+            }
+        }
+        readings
+    }
+
+    #[test]
+    fn a_never_seen_rare_state_passes_and_a_learned_one_is_gated() {
+        let mut g = GatedScorer::new(GatedParams::default(), BaselineParams::default(), 1);
+        let r = bursts(&mut g, 501, 501);
+        // The baseline finds every burst extreme (its Gaussian cannot learn a rare state).
+        assert!(r.iter().all(|r| r.baseline >= 0.8), "{r:?}");
+        // The first is a state never seen: the gate lets it through whole.
+        assert!(r[0].novelty >= g.params.novelty_full, "{:?}", r[0]);
+        assert_eq!(r[0].gate, 1.0);
+        // Once a few were learned (the baseline's history then holds several bursts, so
+        // their z-scores settle), a burst is a familiar state and its score is cleared.
+        assert!(r[4..].iter().all(|r| r.gate < 0.1), "{r:?}");
+        assert!(r[4..].iter().any(|r| r.gate == 0.0), "{r:?}");
+        // Only the rare windows were stored (normal windows score below `store_above`).
+        let stored = g.memories()[0].learned();
+        assert!((1..=9 * 8).contains(&stored), "{stored}");
+
+        // A rare state of another kind (the whole window far below the background) is new.
+        let drop: Vec<f64> = window(501, 0, 1.0).iter().map(|v| -50.0 * v).collect();
+        let s = g.score(&view(&drop), false);
+        let r = g.reading();
+        assert!(r.baseline >= 0.8, "{r:?}");
+        assert_eq!(r.gate, 1.0, "{r:?}");
+        assert_eq!(s.score, r.baseline);
+    }
+
+    #[test]
+    fn bursts_never_learned_stay_novel() {
+        // The same stream, but nothing is learned after window 40 (as while alerting): the
+        // memory never stores a burst, so none is gated.
+        let mut g = GatedScorer::new(GatedParams::default(), BaselineParams::default(), 1);
+        let r = bursts(&mut g, 501, 40);
+        assert!(r.iter().all(|r| r.gate == 1.0), "{r:?}");
+        assert_eq!(g.memories()[0].learned(), 0);
+    }
+
+    #[test]
+    fn inside_an_incident_the_baseline_runs_unchanged() {
+        let run = |params: GatedParams| {
+            let mut g = GatedScorer::new(params, BaselineParams::default(), 1);
+            bursts(&mut g, 450, 450);
+            let burst = window(450, 4, 300.0);
+            let quiet = g.score(&view(&burst), false);
+            let open = g.score(&view(&burst), true);
+            (quiet.score, open.score, g.reading())
+        };
+        let (quiet, open, r) = run(GatedParams::default());
+        assert_eq!(quiet, 0.0, "{r:?}");
+        assert_eq!(open, r.baseline);
+        assert_eq!(r.gate, 1.0);
+        let (_, open, r) = run(GatedParams {
+            gate_in_incident: true,
+            ..GatedParams::default()
+        });
+        assert_eq!(open, 0.0, "{r:?}");
+    }
+
+    #[test]
+    fn normal_states_are_not_stored_and_the_state_round_trips() {
+        let mut g = GatedScorer::new(GatedParams::default(), BaselineParams::default(), 2);
+        for i in 0..150 {
+            let mut v = window(i, 0, 1.0);
+            v.extend(window(i + 7, 0, 1.0));
+            g.score(
+                &WindowView {
+                    start_ms: 0,
+                    end_ms: 0,
+                    len: 32,
+                    channels: 2,
+                    values: &v,
+                },
+                false,
+            );
+            g.learn(false);
+        }
+        assert!(g.memories().iter().all(|m| m.learned() == 0));
+        let json = serde_json::to_string(&g).unwrap();
+        let back: GatedScorer = serde_json::from_str(&json).unwrap();
+        assert!(back == g);
+    }
+
+    #[test]
+    fn bad_params_are_rejected() {
+        let bad = |f: fn(&mut GatedParams)| {
+            let mut p = GatedParams::default();
+            f(&mut p);
+            p.check().unwrap_err().field
+        };
+        assert_eq!(bad(|p| p.novelty_floor = 0.5), "novelty_floor");
+        assert_eq!(bad(|p| p.novelty_full = 0.0), "novelty_full");
+        assert_eq!(bad(|p| p.store_above = 1.5), "store_above");
+        assert_eq!(bad(|p| p.block.bits = 0), "block.bits");
+        assert!(bad(|p| p.sdr.modules = 0).starts_with("sdr."));
+        assert!(GatedParams::default().check().is_ok());
+    }
+}
