@@ -317,7 +317,8 @@ pub struct Explanation<'a> {
     /// Per channel, its share in [0, 1] of ‖ŷ‖², the energy the atoms explain (sums to 1, or
     /// all 0 for a zero window).
     pub channel_code: &'a [f64],
-    /// Memory detector only: familiarity G of the window's SDR code, and the precision R of
+    /// Memory and gated detectors only: familiarity G of the window's SDR code (gated: of the
+    /// flagged channel's state), and the precision R of
     /// the input it recalls (the score's novelty is 1 − G·R, so a window can be novel at
     /// G ≈ 1 when R is low: it is a strict part of something stored).
     pub familiarity: Option<f64>,
@@ -1029,6 +1030,12 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("gated")
+            .unwrap();
+        // ... and from before the long features' own tail and the per-channel scores.
+        v["params"]["baseline"]
+            .as_object_mut()
+            .unwrap()
+            .remove("long_tail")
             .unwrap();
         let old: Pipeline = serde_json::from_value(v).unwrap();
         assert!(old == p);

@@ -47,7 +47,8 @@ pub struct ExplanationMessage {
     /// Every channel with its share of the energy the sparse code misses and of the energy it
     /// explains, largest missed share first.
     pub channels: Vec<ChannelShare>,
-    /// Memory detector only: familiarity G of the window's SDR code, the precision R of what
+    /// Memory and gated detectors only: familiarity G of the window's SDR code (gated: of the
+    /// flagged channel's state), the precision R of what
     /// it recalls (novelty is 1 − G·R), and the overlap of the closest stored code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub familiarity: Option<f64>,

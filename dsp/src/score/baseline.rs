@@ -118,6 +118,12 @@ pub struct BaselineScorer {
     /// `stored` when the ring of window means first became full.
     #[serde(default)]
     long_full_at: Option<usize>,
+    /// Per channel, the smallest feature tail of the window scored last, and the number of
+    /// features scored (the Bonferroni factor).
+    #[serde(default)]
+    channel_tail: Vec<f64>,
+    #[serde(default)]
+    scored: usize,
 }
 
 impl BaselineScorer {
@@ -129,6 +135,8 @@ impl BaselineScorer {
             long: vec![0.0; params.long_windows * channels],
             long_seen: 0,
             long_full_at: None,
+            channel_tail: vec![1.0; channels],
+            scored: 0,
             ring: vec![0.0; params.history * width],
             stored: 0,
             current: vec![0.0; width],
@@ -181,6 +189,12 @@ impl BaselineScorer {
         }
 
         let have = self.stored.min(self.params.history);
+        if self.channel_tail.len() != self.channels {
+            // Restored from a checkpoint written before this field: once, not per window.
+            self.channel_tail = vec![1.0; self.channels];
+        }
+        self.channel_tail.fill(1.0);
+        self.scored = 0;
         if have < self.params.min_history {
             return RawScore {
                 score: 0.0,
@@ -233,15 +247,37 @@ impl BaselineScorer {
                     student_t_two_sided_tail(t, n - 1.0)
                 }
             };
+            let c = f / per;
+            self.channel_tail[c] = self.channel_tail[c].min(tail);
             if tail < min_tail {
                 min_tail = tail;
                 channel = f / per;
             }
         }
-        let p = (min_tail * scored as f64).clamp(f64::MIN_POSITIVE, 1.0);
+        self.scored = scored;
         RawScore {
-            score: (-p.log10() / SURPRISE_DECADES).clamp(0.0, 1.0),
+            score: Self::surprise(min_tail, scored),
             channel,
+        }
+    }
+
+    /// The raw score of a smallest tail among `scored` features: `−log10(p) / 10` of the
+    /// Bonferroni p-value, capped to [0, 1].
+    fn surprise(min_tail: f64, scored: usize) -> f64 {
+        let p = (min_tail * scored as f64).clamp(f64::MIN_POSITIVE, 1.0);
+        (-p.log10() / SURPRISE_DECADES).clamp(0.0, 1.0)
+    }
+
+    /// Writes into `out` (one per channel) each channel's share of the window scored last's
+    /// raw score: the score its own features alone would give, with the Bonferroni factor of
+    /// every feature scored. The window's score is the largest of them. Call after `score`.
+    pub fn channel_scores(&self, out: &mut [f64]) {
+        for (o, &tail) in out.iter_mut().zip(&self.channel_tail) {
+            *o = if self.scored == 0 {
+                0.0
+            } else {
+                Self::surprise(tail, self.scored)
+            };
         }
     }
 

@@ -15,12 +15,16 @@
 //! share most of their bits. Unlike the dictionary code, which is new for every window's fine
 //! shape, this input repeats whenever the channel is in the same kind of state. Each channel
 //! has its own memory ([`SdrMemory`], evidence exponent 4 so that a state matching four of
-//! five features is not "mostly familiar"); the memory of the channel the baseline flagged is
-//! asked in recognition mode how familiar its state is, and
+//! five features is not "mostly familiar"); each channel's memory is asked in recognition mode
+//! how familiar its state is, and
 //!
-//! `raw = baseline_raw × g(novelty)`, `g = clamp((novelty − floor) / (full − floor), 0, 1)`,
+//! `raw = max over channels c of baseline_c × g(novelty_c)`,
+//! `g = clamp((novelty − floor) / (full − floor), 0, 1)`,
 //!
-//! with novelty = 1 − G (or the two-sided 1 − G·R). A product, not a minimum or an OR: the
+//! with novelty = 1 − G (or the two-sided 1 − G·R) and `baseline_c` the baseline's score from
+//! channel c's features alone (with the Bonferroni factor of all features; the baseline's own
+//! score is the largest of them). So a familiar burst on one channel does not hide a new
+//! change on another in the same window. A product, not a minimum or an OR: the
 //! memory may only take surprise away (a familiar state), never add it, so on a stream
 //! without recurring rare states the detector is the baseline. While an incident is open the
 //! gate is 1 (by default): it decides whether a state opens an incident, not how long one
@@ -28,7 +32,7 @@
 //!
 //! What the memory stores: only windows the pipeline learns (warm-up and quiet windows, and
 //! in an incident only those the alert policy samples, `learn_every` / `relearn_after`), and
-//! of those only the rare ones, whose baseline score was at least `store_above`. So a fault
+//! of those only each channel's rare states, whose `baseline_c` was at least `store_above`. So a fault
 //! that keeps coming back while alerting stays novel, but a burst the stream made while it
 //! was being learned, or that stayed below the alert level, makes its later repeats familiar;
 //! and the many mildly unusual windows of a normal stream are not stored, so they cannot make
@@ -161,7 +165,11 @@ pub struct GatedScorer {
     input: Vec<u64>,
     words: usize,
     recalls: Vec<Recall>,
-    /// The channel the baseline flagged in the window scored last (whose novelty gates).
+    /// Per channel, the baseline's score from that channel's features alone (the window's
+    /// baseline score is the largest), for the window scored last.
+    #[serde(default)]
+    channel_score: Vec<f64>,
+    /// The channel whose gated score is the window's, in the window scored last.
     channel: usize,
     /// Baseline raw score, novelty and gate of the window scored last.
     last: GateReading,
@@ -170,9 +178,10 @@ pub struct GatedScorer {
 /// What the gate saw for the window scored last.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct GateReading {
-    /// The baseline's raw score, before the gate.
+    /// The baseline's raw score of the channel that carries the window's gated score, before
+    /// the gate (with one channel, the window's baseline score).
     pub baseline: f64,
-    /// The memory's novelty of the window's state.
+    /// The memory's novelty of that channel's state.
     pub novelty: f64,
     /// g(novelty) ∈ [0, 1], the factor applied to the baseline's score.
     pub gate: f64,
@@ -194,6 +203,7 @@ impl GatedScorer {
             input: vec![0; words * channels],
             words,
             recalls: vec![memory.new_recall(); channels],
+            channel_score: vec![0.0; channels],
             memories: vec![memory; channels],
             kept,
             baseline,
@@ -218,12 +228,18 @@ impl GatedScorer {
         }
     }
 
-    /// Scores a window: the baseline's raw score times the gate of the novelty of the
-    /// flagged channel's state. Does not learn.
+    /// Scores a window: per channel, the baseline's score from that channel's features times
+    /// the gate of the novelty of that channel's state; the window's score is the largest. A
+    /// familiar burst on one channel does not hide a new change on another. Does not learn.
     /// `in_incident`: an incident is open (the gate is then 1 unless `gate_in_incident`).
     pub fn score(&mut self, window: &WindowView<'_>, in_incident: bool) -> RawScore {
         let raw = self.baseline.score(window);
         self.baseline.feature_z(&mut self.z);
+        if self.channel_score.len() != self.memories.len() {
+            // Restored from a checkpoint written before this field: once, not per window.
+            self.channel_score = vec![0.0; self.memories.len()];
+        }
+        self.baseline.channel_scores(&mut self.channel_score);
         self.input.fill(0);
         let (bits, per, words) = (
             self.params.block.bits,
@@ -238,46 +254,62 @@ impl GatedScorer {
             }
             memory.recognize(x, &mut self.recalls[c]);
         }
-        self.channel = raw.channel.min(self.memories.len() - 1);
-        let recall = &self.recalls[self.channel];
-        let novelty = if self.params.two_sided {
+        let gate_off = in_incident && !self.params.gate_in_incident;
+        // The channel with the largest gated score; on a tie (e.g. all 0) the baseline's.
+        let flagged = raw.channel.min(self.memories.len() - 1);
+        let gated = |c: usize| self.channel_score[c] * self.gate_of(c, gate_off);
+        let (mut channel, mut score) = (flagged, gated(flagged));
+        for c in 0..self.memories.len() {
+            let g = gated(c);
+            if g > score {
+                (channel, score) = (c, g);
+            }
+        }
+        self.channel = channel;
+        self.last = GateReading {
+            baseline: self.channel_score[channel],
+            novelty: self.novelty_of(channel),
+            gate: self.gate_of(channel, gate_off),
+        };
+        RawScore {
+            score,
+            channel: self.channel,
+        }
+    }
+
+    fn novelty_of(&self, c: usize) -> f64 {
+        let recall = &self.recalls[c];
+        if self.params.two_sided {
             recall.two_sided_novelty()
         } else {
             recall.novelty()
         }
-        .clamp(0.0, 1.0);
-        let gate = if in_incident && !self.params.gate_in_incident {
+        .clamp(0.0, 1.0)
+    }
+
+    fn gate_of(&self, c: usize, gate_off: bool) -> f64 {
+        if gate_off {
             1.0
         } else {
-            self.gate(novelty)
-        };
-        self.last = GateReading {
-            baseline: raw.score,
-            novelty,
-            gate,
-        };
-        RawScore {
-            score: raw.score * gate,
-            channel: raw.channel,
+            self.gate(self.novelty_of(c))
         }
     }
 
-    /// Learns the window scored last: its features join the baseline's history and each
-    /// channel's state is stored in its memory. `in_incident`: learned by the alert policy
-    /// while an incident is open (the baseline keeps it out of its long time scale).
+    /// Learns the window scored last: its features join the baseline's history, and the
+    /// state of each channel whose own baseline score reached `store_above` (a rare state of
+    /// that channel) is stored in that channel's memory. `in_incident`: learned by the alert
+    /// policy while an incident is open (the baseline keeps it out of its long time scale).
     pub fn learn(&mut self, in_incident: bool) {
-        let store = self.last.baseline >= self.params.store_above;
         if in_incident {
             self.baseline.learn_in_incident();
         } else {
             self.baseline.learn();
         }
-        if !store {
-            return;
-        }
         let words = self.words;
         for (c, memory) in self.memories.iter_mut().enumerate() {
-            memory.learn(&self.input[c * words..(c + 1) * words], &self.recalls[c]);
+            if self.channel_score.get(c).copied().unwrap_or(0.0) >= self.params.store_above {
+                memory.learn(&self.input[c * words..(c + 1) * words], &self.recalls[c]);
+            }
         }
     }
 
@@ -380,12 +412,74 @@ mod tests {
     }
 
     #[test]
+    fn each_channel_is_gated_and_stored_on_its_own() {
+        // Two channels: channel 0 bursts every 50 windows and learns its bursts; channel 1
+        // stays normal. Channel 1's memory must store nothing (its own states are never rare),
+        // and once channel 0's burst is familiar, a new change on channel 1 in the same window
+        // as a familiar burst is not hidden by channel 0's gate.
+        let two = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().chain(b).copied().collect() };
+        fn view2(values: &[f64]) -> WindowView<'_> {
+            WindowView {
+                start_ms: 0,
+                end_ms: 0,
+                len: 32,
+                channels: 2,
+                values,
+            }
+        }
+        let mut g = GatedScorer::new(GatedParams::default(), BaselineParams::default(), 2);
+        let mut last_burst = (0.0, 0.0);
+        for i in 0..451 {
+            let burst = i >= 50 && i % 50 == 0;
+            let w = two(
+                &window(i, if burst { 4 } else { 0 }, 300.0),
+                &window(i + 7, 0, 1.0),
+            );
+            let s = g.score(&view2(&w), false);
+            if burst {
+                last_burst = (g.channel_score[0], s.score);
+            }
+            g.learn(false);
+        }
+        assert!(g.memories()[0].learned() > 0, "channel 0 stored no burst");
+        assert_eq!(
+            g.memories()[1].learned(),
+            0,
+            "channel 1 stored a normal state"
+        );
+        // The burst is as surprising as ever to the baseline, and gated as familiar.
+        assert!(last_burst.0 >= 0.8 && last_burst.1 < 0.1, "{last_burst:?}");
+
+        // The familiar burst on channel 0 together with a never-seen drop on channel 1.
+        let drop: Vec<f64> = window(451, 0, 1.0).iter().map(|v| -50.0 * v).collect();
+        let w = two(&window(450, 4, 300.0), &drop);
+        let s = g.score(&view2(&w), false);
+        let r = g.reading();
+        assert_eq!(s.channel, 1, "{r:?}");
+        assert!(r.baseline >= 0.8 && r.gate == 1.0, "{r:?}");
+        assert_eq!(s.score, r.baseline * r.gate);
+    }
+
+    #[test]
     fn bursts_never_learned_stay_novel() {
-        // The same stream, but nothing is learned after window 40 (as while alerting): the
-        // memory never stores a burst, so none is gated.
+        // The same stream, with every normal window learned but no burst window (as when each
+        // burst opens an incident): the memory never stores a burst, so none is gated, while
+        // the same stream learning its bursts gates them (the test above).
         let mut g = GatedScorer::new(GatedParams::default(), BaselineParams::default(), 1);
-        let r = bursts(&mut g, 501, 40);
-        assert!(r.iter().all(|r| r.gate == 1.0), "{r:?}");
+        let mut readings = vec![];
+        for i in 0..501 {
+            let burst = i >= 50 && i % 50 == 0;
+            let w = window(i, if burst { 4 } else { 0 }, 300.0);
+            g.score(&view(&w), false);
+            if burst {
+                readings.push(g.reading());
+            } else {
+                g.learn(false);
+            }
+        }
+        assert_eq!(readings.len(), 10);
+        assert!(readings.iter().all(|r| r.baseline >= 0.8), "{readings:?}");
+        assert!(readings.iter().all(|r| r.gate == 1.0), "{readings:?}");
         assert_eq!(g.memories()[0].learned(), 0);
     }
 
