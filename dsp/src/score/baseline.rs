@@ -124,6 +124,10 @@ pub struct BaselineScorer {
     channel_tail: Vec<f64>,
     #[serde(default)]
     scored: usize,
+    /// Each feature of the window scored last as a z-score against its learned history (0 for
+    /// a feature not scored yet), for [`feature_z`](Self::feature_z).
+    #[serde(default)]
+    z: Vec<f64>,
 }
 
 impl BaselineScorer {
@@ -137,6 +141,7 @@ impl BaselineScorer {
             long_full_at: None,
             channel_tail: vec![1.0; channels],
             scored: 0,
+            z: vec![0.0; width],
             ring: vec![0.0; params.history * width],
             stored: 0,
             current: vec![0.0; width],
@@ -195,6 +200,11 @@ impl BaselineScorer {
         }
         self.channel_tail.fill(1.0);
         self.scored = 0;
+        if self.z.len() != self.width() {
+            // Restored from a checkpoint written before this field: once, not per window.
+            self.z = vec![0.0; self.width()];
+        }
+        self.z.fill(0.0);
         if have < self.params.min_history {
             return RawScore {
                 score: 0.0,
@@ -234,6 +244,7 @@ impl BaselineScorer {
             // only a change that matters in relative terms scores high.
             let std = var.sqrt().max(1e-9).max(1e-6 * mean.abs());
             let z = (self.current[f] - mean) / std;
+            self.z[f] = z;
             let kind = if long {
                 self.params.long_tail
             } else {
@@ -333,45 +344,16 @@ impl BaselineScorer {
     }
 
     /// Writes into `out` (at least [`features`](Self::features) long) each feature of the
-    /// window scored last as a z-score against its learned history, as [`score`](Self::score)
-    /// computes it (same history, same scale floor); 0 for a feature that is not scored yet
-    /// (short history, or a long feature before its ring was learned). Call after `score`.
+    /// window scored last as the z-score [`score`](Self::score) judged it by; 0 for a feature
+    /// that is not scored yet (short history, or a long feature before its ring was learned).
+    /// Call after `score`.
     pub fn feature_z(&self, out: &mut [f64]) {
-        let width = self.width();
-        let per = self.per_channel();
-        let out = &mut out[..width];
-        let have = self.stored.min(self.params.history);
-        let long_have = self
-            .long_full_at
-            .map_or(0, |at| (self.stored - at).min(self.params.history));
-        for (f, z) in out.iter_mut().enumerate() {
-            let long = f % per >= FEATURES_PER_CHANNEL;
-            let have = if long { long_have } else { have };
-            let needed = if long {
-                self.params.min_history.max(self.params.long_windows)
-            } else {
-                self.params.min_history
-            };
-            if have < needed {
-                *z = 0.0;
-                continue;
-            }
-            let (mut sum, mut sum_sq) = (0.0, 0.0);
-            let newest = self.stored + self.params.history - 1;
-            for j in 0..have {
-                let row = if long {
-                    (newest - j) % self.params.history
-                } else {
-                    j
-                };
-                let v = self.ring[row * width + f];
-                sum += v;
-                sum_sq += v * v;
-            }
-            let mean = sum / have as f64;
-            let var = (sum_sq / have as f64 - mean * mean).max(0.0);
-            let std = var.sqrt().max(1e-9).max(1e-6 * mean.abs());
-            *z = (self.current[f] - mean) / std;
+        let out = &mut out[..self.width()];
+        if self.z.len() == out.len() {
+            out.copy_from_slice(&self.z);
+        } else {
+            // Nothing scored since a restore from a checkpoint without z-scores.
+            out.fill(0.0);
         }
     }
 
