@@ -4,7 +4,12 @@
 //! shift moves the first, a stuck-at fault or a vibration change moves the second) and the
 //! mean of its newest eighth (at least one sample): a spike or the first samples of a level
 //! shift move that one at once, where the whole window's mean moves by an eighth as much and
-//! only reaches its full change a window later. Each
+//! only reaches its full change a window later; and its largest value: a spike or burst to a
+//! level the stream has not reached moves the maximum in every window that holds it (8 at
+//! hop 4), where the newest-eighth mean sees it in one window and the mean and spread of the
+//! later ones are already judged against a history that learned the first (only the maximum:
+//! adding the minimum too raised false alarms on the benchmarks, where dips to idle are
+//! normal in load metrics; a dip still moves the mean, spread and newest-eighth mean). Each
 //! feature is compared with a normal fitted to the same feature over the last `history`
 //! learned windows, giving a two-sided tail probability per feature: by default the tail of
 //! the Student-t predictive distribution (n − 1 degrees of freedom for n = learned windows / `spacing`,
@@ -97,7 +102,14 @@ impl BaselineParams {
     }
 }
 
-const FEATURES_PER_CHANNEL: usize = 3;
+/// Window features per channel: mean, standard deviation, newest-eighth mean, maximum.
+const WINDOW_FEATURES: usize = 4;
+/// Index of the maximum among a channel's features.
+const MAX_FEATURE: usize = 3;
+/// The maximum's scale is at least this times the mean window standard deviation of its
+/// history (0.5: about the sampling spread of the maximum of a window of Gaussian noise; 1.0
+/// measured lower on NAB, no floor raised a false alarm on a 0.1 °C-quantised temperature).
+const MAX_SCALE_FLOOR: f64 = 0.5;
 /// A p-value of 1e-10 or below scores 1.
 const SURPRISE_DECADES: f64 = 10.0;
 
@@ -128,12 +140,17 @@ pub struct BaselineScorer {
     /// a feature not scored yet), for [`feature_z`](Self::feature_z).
     #[serde(default)]
     z: Vec<f64>,
+    /// `stored` when the window maximum joined the features (a scorer restored from a
+    /// checkpoint written before it was one): the maximum is scored against the windows
+    /// learned since. `None`: every learned window has it.
+    #[serde(default)]
+    max_since: Option<usize>,
 }
 
 impl BaselineScorer {
     pub fn new(params: BaselineParams, channels: usize) -> Self {
         params.check().expect("BaselineParams must be checked");
-        let per = FEATURES_PER_CHANNEL + if params.long_windows > 0 { 2 } else { 0 };
+        let per = WINDOW_FEATURES + if params.long_windows > 0 { 2 } else { 0 };
         let width = per * channels;
         Self {
             long: vec![0.0; params.long_windows * channels],
@@ -142,6 +159,7 @@ impl BaselineScorer {
             channel_tail: vec![1.0; channels],
             scored: 0,
             z: vec![0.0; width],
+            max_since: None,
             ring: vec![0.0; params.history * width],
             stored: 0,
             current: vec![0.0; width],
@@ -151,7 +169,7 @@ impl BaselineScorer {
     }
 
     fn per_channel(&self) -> usize {
-        FEATURES_PER_CHANNEL + if self.params.long_windows > 0 { 2 } else { 0 }
+        WINDOW_FEATURES + if self.params.long_windows > 0 { 2 } else { 0 }
     }
 
     fn width(&self) -> usize {
@@ -172,10 +190,12 @@ impl BaselineScorer {
             let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
             let recent = (xs.len() / 8).max(1);
             let recent_mean = xs[xs.len() - recent..].iter().sum::<f64>() / recent as f64;
+            let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let per = self.per_channel();
             self.current[per * c] = mean;
             self.current[per * c + 1] = var.sqrt();
             self.current[per * c + 2] = recent_mean;
+            self.current[per * c + MAX_FEATURE] = max;
             let d = self.params.long_windows;
             if d > 0 {
                 // The newest window replaces the oldest learned one of the ring.
@@ -188,8 +208,9 @@ impl BaselineScorer {
                     s2 += v * v;
                 }
                 let m = s1 / have as f64;
-                self.current[per * c + 3] = m;
-                self.current[per * c + 4] = (s2 / have as f64 - m * m).max(0.0).sqrt();
+                self.current[per * c + WINDOW_FEATURES] = m;
+                self.current[per * c + WINDOW_FEATURES + 1] =
+                    (s2 / have as f64 - m * m).max(0.0).sqrt();
             }
         }
 
@@ -218,18 +239,31 @@ impl BaselineScorer {
         let long_have = self
             .long_full_at
             .map_or(0, |at| (self.stored - at).min(self.params.history));
+        // Likewise the maximum of a scorer that learned windows before it was a feature.
+        let max_have = self
+            .max_since
+            .map(|at| (self.stored - at).min(self.params.history));
         let (mut min_tail, mut channel, mut scored) = (1.0f64, 0, 0usize);
         for f in 0..width {
-            let long = f % per >= FEATURES_PER_CHANNEL;
+            let long = f % per >= WINDOW_FEATURES;
             if long && long_have < self.params.min_history.max(self.params.long_windows) {
                 continue;
             }
+            // The rows this feature is fitted over: all learned ones, or the newest `have`.
+            let (have, newest_only) = match (long, max_have) {
+                (true, _) => (long_have, true),
+                (false, Some(m)) if f % per == MAX_FEATURE => (m, true),
+                (false, _) => (have, false),
+            };
+            if have < self.params.min_history {
+                continue;
+            }
             scored += 1;
-            let (mut sum, mut sum_sq) = (0.0, 0.0);
-            let have = if long { long_have } else { have };
+            let is_max = f % per == MAX_FEATURE;
+            let (mut sum, mut sum_sq, mut spread) = (0.0, 0.0, 0.0);
             let newest = self.stored + self.params.history - 1;
             for j in 0..have {
-                let row = if long {
+                let row = if newest_only {
                     (newest - j) % self.params.history
                 } else {
                     j
@@ -237,12 +271,22 @@ impl BaselineScorer {
                 let v = self.ring[row * width + f];
                 sum += v;
                 sum_sq += v * v;
+                if is_max {
+                    spread += self.ring[row * width + f - MAX_FEATURE + 1];
+                }
             }
             let mean = sum / have as f64;
             let var = (sum_sq / have as f64 - mean * mean).max(0.0);
             // A feature that never varied (a flat line) gets a scale relative to its size, so
             // only a change that matters in relative terms scores high.
-            let std = var.sqrt().max(1e-9).max(1e-6 * mean.abs());
+            let mut std = var.sqrt().max(1e-9).max(1e-6 * mean.abs());
+            if is_max {
+                // The maximum of a window is no more precise than the noise it is the maximum
+                // of: for 32 Gaussian samples its standard deviation is ≈ 0.4 σ. A quantised
+                // signal's maximum hardly varies (45.1 °C in every window at 0.1 °C steps),
+                // and one step more would otherwise score as extreme.
+                std = std.max(MAX_SCALE_FLOOR * spread / have as f64);
+            }
             let z = (self.current[f] - mean) / std;
             self.z[f] = z;
             let kind = if long {
@@ -292,31 +336,45 @@ impl BaselineScorer {
         }
     }
 
-    /// Reshapes a scorer restored from a checkpoint written before the long time scale
-    /// existed (three features per channel): the learned short features are kept, the long
-    /// ones start empty and are scored once their ring has filled again.
+    /// Reshapes a scorer restored from a checkpoint of another feature layout, keeping what
+    /// it learned. Layouts per channel: 3 = mean, std, newest-eighth mean (before the long
+    /// time scale), 5 = those and the long mean and spread (before the window maximum), 4 and
+    /// 6 = the same with the maximum after the newest-eighth mean. Learned features move to
+    /// their new columns; a maximum the old layout lacked is scored against the windows
+    /// learned from now on (`max_since`), long features against a ring that fills again
+    /// unless the old layout had them with the same `long_windows`.
     fn migrate(&mut self) {
-        let (old, new) = (
-            self.current.len() / self.channels.max(1),
-            self.per_channel(),
-        );
+        let channels = self.channels.max(1);
+        let (old, new) = (self.current.len() / channels, self.per_channel());
+        let old_window = if old == 4 || old == 6 { 4 } else { 3 };
+        let old_long = old > old_window;
+        let new_long = new > WINDOW_FEATURES;
         let rows = self.params.history;
         let mut ring = vec![0.0; rows * new * self.channels];
         if self.ring.len() == rows * old * self.channels {
             for r in 0..rows {
                 for c in 0..self.channels {
-                    for f in 0..old.min(new) {
-                        ring[(r * self.channels + c) * new + f] =
-                            self.ring[(r * self.channels + c) * old + f];
+                    let (from, to) = ((r * self.channels + c) * old, (r * self.channels + c) * new);
+                    let window = old_window.min(WINDOW_FEATURES);
+                    ring[to..to + window].copy_from_slice(&self.ring[from..from + window]);
+                    if old_long && new_long {
+                        let (to, from) = (to + WINDOW_FEATURES, from + old_window);
+                        ring[to..to + 2].copy_from_slice(&self.ring[from..from + 2]);
                     }
                 }
             }
         }
         self.ring = ring;
         self.current = vec![0.0; new * self.channels];
-        self.long = vec![0.0; self.params.long_windows * self.channels];
-        self.long_seen = 0;
-        self.long_full_at = None;
+        if old_window < WINDOW_FEATURES {
+            self.max_since = Some(self.stored);
+        }
+        let long_len = self.params.long_windows * self.channels;
+        if !(old_long && new_long && self.long.len() == long_len) {
+            self.long = vec![0.0; long_len];
+            self.long_seen = 0;
+            self.long_full_at = None;
+        }
     }
 
     /// Adds the features of the window scored last to the history.
@@ -331,16 +389,22 @@ impl BaselineScorer {
         self.learn_window(false);
     }
 
-    /// Features per window (per channel: mean, std, newest-eighth mean, and with the long
-    /// time scale the mean and spread of the window means), channel-major.
+    /// Features per window (per channel: mean, std, newest-eighth mean, maximum, and with
+    /// the long time scale the mean and spread of the window means), channel-major.
     pub fn features(&self) -> usize {
         self.width()
     }
 
-    /// Features of each channel in [`features`](Self::features) (3, or 5 with the long
+    /// Features of each channel in [`features`](Self::features) (4, or 6 with the long
     /// time scale).
     pub fn features_per_channel(&self) -> usize {
         self.per_channel()
+    }
+
+    /// The first features of each channel that describe the window itself (mean, std,
+    /// newest-eighth mean, maximum); the long time scale's follow them.
+    pub fn window_features(&self) -> usize {
+        WINDOW_FEATURES
     }
 
     /// Writes into `out` (at least [`features`](Self::features) long) each feature of the
@@ -481,7 +545,10 @@ mod tests {
             }
             if i == 299 {
                 // 256 windows of history: 255 degrees of freedom, within 10 % of the normal.
-                assert!(sg > 0.2 && (st - sg).abs() < 0.1 * sg, "t {st} normal {sg}");
+                assert!(
+                    sg > 0.15 && (st - sg).abs() < 0.1 * sg,
+                    "t {st} normal {sg}"
+                );
             }
             t.learn();
             g.learn();
@@ -601,6 +668,38 @@ mod tests {
         assert_eq!(b.stored, 73, "but its features were learned");
     }
 
+    /// Rewrites a scorer's ring and current features to an older layout: only the columns
+    /// `keep` of each channel's features, in that order (as a checkpoint of that layout
+    /// restores them).
+    fn to_old_layout(b: &mut BaselineScorer, keep: &[usize]) {
+        let per = b.per_channel();
+        let rows = b.ring.len() / per;
+        let pick = |v: &[f64]| -> Vec<f64> {
+            (0..v.len() / per)
+                .flat_map(|r| keep.iter().map(move |&f| v[r * per + f]))
+                .collect()
+        };
+        b.ring = pick(&b.ring);
+        b.current = pick(&b.current);
+        assert_eq!(b.ring.len(), rows * keep.len());
+    }
+
+    fn two_channel(i: usize) -> Vec<f64> {
+        let mut v = cycle_window(i, 72, 1.0);
+        v.extend(cycle_window(i + 5, 72, 2.0));
+        v
+    }
+
+    fn score_two(b: &mut BaselineScorer, i: usize) -> RawScore {
+        b.score(&WindowView {
+            start_ms: 0,
+            end_ms: 0,
+            len: 8,
+            channels: 2,
+            values: &two_channel(i),
+        })
+    }
+
     #[test]
     fn a_scorer_from_before_the_long_scale_is_reshaped_keeping_its_history() {
         let mut b = BaselineScorer::new(
@@ -610,38 +709,128 @@ mod tests {
             },
             2,
         );
-        let two = |i: usize| -> Vec<f64> {
-            let mut v = cycle_window(i, 72, 1.0);
-            v.extend(cycle_window(i + 5, 72, 2.0));
-            v
-        };
         for i in 0..100 {
-            b.score(&WindowView {
-                start_ms: 0,
-                end_ms: 0,
-                len: 8,
-                channels: 2,
-                values: &two(i),
-            });
+            score_two(&mut b, i);
             b.learn();
         }
+        // Mean, std and newest-eighth mean per channel: the layout before the long scale.
+        to_old_layout(&mut b, &[0, 1, 2]);
         let old_row: Vec<f64> = b.ring[..6].to_vec();
         // As a checkpoint of the old layout restores: the parameters say 72 (their default).
         b.params.long_windows = 72;
-        let s = b.score(&WindowView {
-            start_ms: 0,
-            end_ms: 0,
-            len: 8,
-            channels: 2,
-            values: &two(100),
-        });
-        assert!(s.score.is_finite());
-        assert_eq!(b.ring.len(), 256 * 10);
+        let s = score_two(&mut b, 100);
+        assert!(s.score.is_finite() && s.score < 0.5, "{s:?}");
+        assert_eq!(b.ring.len(), 256 * 12);
         assert_eq!(&b.ring[..3], &old_row[..3]);
-        assert_eq!(&b.ring[5..8], &old_row[3..6]);
+        assert_eq!(&b.ring[6..9], &old_row[3..6]);
         assert_eq!(b.long_full_at, None);
+        assert_eq!(b.max_since, Some(100));
         b.learn();
         assert_eq!(b.stored, 101);
+    }
+
+    #[test]
+    fn a_scorer_from_before_the_window_maximum_keeps_its_long_scale_and_learns_the_maximum() {
+        let mut b = BaselineScorer::new(BaselineParams::default(), 2);
+        for i in 0..200 {
+            score_two(&mut b, i);
+            b.learn();
+        }
+        let (long_full_at, long) = (b.long_full_at, b.long.clone());
+        assert!(long_full_at.is_some());
+        let row: Vec<f64> = b.ring[..12].to_vec();
+        to_old_layout(&mut b, &[0, 1, 2, 4, 5]);
+        let s = score_two(&mut b, 200);
+        assert!(s.score.is_finite() && s.score < 0.5, "{s:?}");
+        // Every learned feature is back in its column; the maximum's column is empty...
+        assert_eq!(&b.ring[..3], &row[..3]);
+        assert_eq!(&b.ring[4..6], &row[4..6]);
+        assert_eq!(b.ring[3], 0.0);
+        assert_eq!(&b.ring[6..9], &row[6..9]);
+        assert_eq!(&b.ring[10..12], &row[10..12]);
+        // ... and the long time scale goes on where it was.
+        assert_eq!((b.long_full_at, &b.long), (long_full_at, &long));
+        let mut z = vec![0.0; b.features()];
+        b.feature_z(&mut z);
+        assert!(z[4] != 0.0, "the long mean is scored at once");
+        assert_eq!(z[3], 0.0, "the maximum has no history yet");
+        // The maximum is scored once `min_history` windows with it were learned.
+        for i in 200..216 {
+            b.learn();
+            score_two(&mut b, i + 1);
+        }
+        b.feature_z(&mut z);
+        assert!(z[3] != 0.0 && z[3].is_finite(), "{z:?}");
+        assert_eq!(b.max_since, Some(200));
+    }
+
+    #[test]
+    fn a_spike_is_scored_in_every_window_that_holds_it() {
+        // Noise in 32-sample windows at hop 4, each window learned after it was scored (as
+        // the pipeline does while nothing alarms); one sample 8 σ high sits in 8 windows.
+        // Learning the first of them widens the spread and the mean's history the next
+        // ones are judged by; the window maximum still stands out in all eight.
+        let (len, hop) = (32, 4);
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut noise = || {
+            // Sum of 12 uniforms − 6: near-normal, unit variance, deterministic.
+            (0..12)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng >> 11) as f64 / (1u64 << 53) as f64
+                })
+                .sum::<f64>()
+                - 6.0
+        };
+        let mut xs: Vec<f64> = (0..len + 300 * hop).map(|_| noise()).collect();
+        let spike = len + 280 * hop + 1;
+        xs[spike] += 8.0;
+        let mut b = BaselineScorer::new(BaselineParams::default(), 1);
+        let mut holding = vec![];
+        for w in 0..=300 {
+            let start = w * hop;
+            let s = b.score(&view(&xs[start..start + len]));
+            if (start..start + len).contains(&spike) {
+                holding.push(s.score);
+            }
+            b.learn();
+        }
+        assert_eq!(holding.len(), 8);
+        assert!(holding.iter().all(|&s| s >= 0.5), "{holding:?}");
+    }
+
+    #[test]
+    fn a_quantised_signal_one_step_above_its_usual_maximum_is_not_extreme() {
+        // A temperature at 0.1 °C resolution: 44.9 / 45.0 / 45.1, so nearly every window's
+        // maximum is 45.1 and the maximum's own history hardly varies. One reading of 45.2
+        // is one step of noise, not a fault; a jump to 46 is one.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut level = || -> f64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            match rng % 10 {
+                0 | 1 => 44.9,
+                2 | 3 => 45.1,
+                _ => 45.0,
+            }
+        };
+        let (len, hop) = (32, 4);
+        let xs: Vec<f64> = (0..len + 201 * hop).map(|_| level()).collect();
+        let mut b = BaselineScorer::new(BaselineParams::default(), 1);
+        for w in 0..200 {
+            b.score(&view(&xs[w * hop..w * hop + len]));
+            b.learn();
+        }
+        let mut w: Vec<f64> = xs[200 * hop..200 * hop + len].to_vec();
+        w[len / 2] = 45.2;
+        let s = b.score(&view(&w)).score;
+        assert!(s < 0.5, "one quantisation step scored {s}");
+        w[len / 2] = 46.0;
+        let s = b.score(&view(&w)).score;
+        assert!(s >= 0.5, "a jump of ten steps scored {s}");
     }
 
     #[test]

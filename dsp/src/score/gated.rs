@@ -8,14 +8,14 @@
 //! it stores states, and a stored state is familiar however rare it is.
 //!
 //! Per window and channel, the state is that channel's baseline features (mean, spread,
-//! newest-eighth mean, and the two long time-scale features), each as a z-score against its
+//! newest-eighth mean, maximum, and the two long time-scale features), each as a z-score against its
 //! learned history (what the baseline judged), compressed to `u = sign(z)·log2(1 + |z|)` so a
 //! burst at z = 100 and one at z = 300 are neighbours while z = 0 and z = 8 are not, and
 //! encoded into an overlapping-bucket scalar block ([`ScalarBlockParams`]): nearby values
 //! share most of their bits. Unlike the dictionary code, which is new for every window's fine
 //! shape, this input repeats whenever the channel is in the same kind of state. Each channel
-//! has its own memory ([`SdrMemory`], evidence exponent 4 so that a state matching four of
-//! five features is not "mostly familiar"); each channel's memory is asked in recognition mode
+//! has its own memory ([`SdrMemory`], evidence exponent 4 so that a state matching five of
+//! six features is not "mostly familiar"); each channel's memory is asked in recognition mode
 //! how familiar its state is, and
 //!
 //! `raw = max over channels c of baseline_c × g(novelty_c)`,
@@ -85,9 +85,9 @@ pub struct GatedParams {
     /// several incidents.
     pub gate_in_incident: bool,
     /// The memory of each channel. Default Q = 8 modules of K = 16 cells and evidence
-    /// exponent λ = 4 (V = (u/π)^4: a state that shares 80 % of its bits with a stored one
-    /// is 0.41 familiar, not 0.8, so a state that differs in one of its five features still
-    /// counts as new); otherwise as [`MemoryParams::default`].
+    /// exponent λ = 4 (V = (u/π)^4: a state that shares five of its six features' bits with
+    /// a stored one is (5/6)^4 = 0.48 familiar, not 0.83, so a state that differs in one
+    /// feature still counts as new); otherwise as [`MemoryParams::default`].
     pub sdr: MemoryParams,
 }
 
@@ -192,25 +192,45 @@ impl GatedScorer {
     pub fn new(params: GatedParams, baseline: BaselineParams, channels: usize) -> Self {
         params.check().expect("GatedParams must be checked");
         let baseline = BaselineScorer::new(baseline, channels);
-        let per = baseline.features_per_channel();
-        let kept = if params.long_features { per } else { 3 };
-        let bits = kept * params.block.bits;
-        let active = kept * params.block.active();
-        let memory = SdrMemory::new(params.sdr.clone(), bits, active);
-        let words = words_for(bits);
-        Self {
-            z: vec![0.0; baseline.features()],
-            input: vec![0; words * channels],
-            words,
-            recalls: vec![memory.new_recall(); channels],
+        let mut g = Self {
+            z: Vec::new(),
+            input: Vec::new(),
+            words: 0,
+            recalls: Vec::new(),
             channel_score: vec![0.0; channels],
-            memories: vec![memory; channels],
-            kept,
+            memories: Vec::new(),
+            kept: 0,
             baseline,
             params,
             channel: 0,
             last: GateReading::default(),
+        };
+        g.build_memories(channels);
+        g
+    }
+
+    /// Features of a channel that enter its state: all of the baseline's, or without
+    /// `long_features` only the window's own.
+    fn state_features(&self) -> usize {
+        if self.params.long_features {
+            self.baseline.features_per_channel()
+        } else {
+            self.baseline.window_features()
         }
+    }
+
+    /// Empty memories (and buffers) sized for the current state layout.
+    fn build_memories(&mut self, channels: usize) {
+        let kept = self.state_features();
+        let bits = kept * self.params.block.bits;
+        let active = kept * self.params.block.active();
+        let memory = SdrMemory::new(self.params.sdr.clone(), bits, active);
+        self.words = words_for(bits);
+        self.z = vec![0.0; self.baseline.features()];
+        self.input = vec![0; self.words * channels];
+        self.recalls = vec![memory.new_recall(); channels];
+        self.memories = vec![memory; channels];
+        self.kept = kept;
     }
 
     /// g(novelty): 0 at or below the floor, 1 at or above `novelty_full`, linear between.
@@ -234,6 +254,13 @@ impl GatedScorer {
     /// `in_incident`: an incident is open (the gate is then 1 unless `gate_in_incident`).
     pub fn score(&mut self, window: &WindowView<'_>, in_incident: bool) -> RawScore {
         let raw = self.baseline.score(window);
+        if self.kept != self.state_features() || self.z.len() != self.baseline.features() {
+            // Restored from a checkpoint whose baseline had another feature layout (before
+            // the window maximum): its stored states do not encode the same features, so the
+            // memories start again (the gate then passes every score until rare states
+            // recur). Once, not per window.
+            self.build_memories(self.memories.len());
+        }
         self.baseline.feature_z(&mut self.z);
         if self.channel_score.len() != self.memories.len() {
             // Restored from a checkpoint written before this field: once, not per window.
@@ -409,6 +436,24 @@ mod tests {
         assert!(r.baseline >= 0.8, "{r:?}");
         assert_eq!(r.gate, 1.0, "{r:?}");
         assert_eq!(s.score, r.baseline);
+    }
+
+    #[test]
+    fn memories_of_another_state_layout_start_again_instead_of_misreading_it() {
+        // A checkpoint from before the window maximum holds memories of 5-feature states;
+        // the baseline now describes a channel with 6. They are rebuilt on the first score.
+        let mut g = GatedScorer::new(GatedParams::default(), BaselineParams::default(), 1);
+        bursts(&mut g, 301, 301);
+        assert!(g.memories()[0].learned() > 0);
+        let (kept, bits) = (g.kept, g.memories()[0].input_bits());
+        g.kept -= 1;
+        g.score(&view(&window(301, 4, 300.0)), false);
+        assert_eq!((g.kept, g.memories()[0].input_bits()), (kept, bits));
+        assert_eq!(g.memories()[0].learned(), 0);
+        assert_eq!(g.reading().gate, 1.0, "an empty memory gates nothing");
+        // And it learns again from there.
+        let r = bursts(&mut g, 501, 501);
+        assert!(r[4..].iter().all(|r| r.gate < 0.1), "{r:?}");
     }
 
     #[test]
