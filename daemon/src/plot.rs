@@ -44,6 +44,22 @@ const THRESHOLD: RGBColor = RGBColor(200, 30, 30);
 const DETECTION: RGBColor = RGBColor(200, 30, 30);
 const LABELLED: RGBAColor = RGBAColor(255, 150, 0, 0.22);
 
+/// Checks that `path` names a format [`write`] can produce (`.svg` or `.png`), so a command
+/// can refuse a wrong `--plot` before doing the work rather than after.
+pub fn check_path(path: &Path) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("svg" | "png") => Ok(()),
+        _ => bail!(
+            "{}: the plot format is chosen by the extension, .svg or .png",
+            path.display()
+        ),
+    }
+}
+
 /// Writes the figure to `path` (`.svg` or `.png`).
 pub fn write(path: &Path, data: &PlotData) -> Result<()> {
     register_font();
