@@ -287,10 +287,17 @@ pub fn load_with_env(
         Source::File(path) => {
             // Check it exists ourselves for a plain "cannot read" error, then let `config` parse it
             // from the path so syntax errors name the file.
-            std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
                 path: path.display().to_string(),
                 source,
             })?;
+            // `config` would say "configuration file \"/etc\" not found" for a directory.
+            if meta.is_dir() {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source: std::io::ErrorKind::IsADirectory.into(),
+                });
+            }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
         Source::Text(text) => builder = builder.add_source(File::from_str(text, FileFormat::Toml)),
@@ -810,6 +817,16 @@ mod tests {
         let err = load_with_env(Source::Default, env).unwrap_err().to_string();
         assert!(err.contains("pipeline.detector: must be one of"), "{err}");
         assert!(err.contains("got \"foo\""), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_reported_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_with_env(Source::File(dir.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        assert!(!err.contains("not found"), "{err}");
     }
 
     #[test]
