@@ -35,7 +35,12 @@ enum Command {
         state: PathBuf,
     },
     /// Check a configuration file (and SPARSEWATCH__* overrides) and print the result.
-    CheckConfig { file: PathBuf },
+    /// Exit 2 and the key at fault when it is wrong.
+    CheckConfig {
+        /// TOML configuration file (keys not given take their defaults; the password, CA and
+        /// client certificate files it names are read too).
+        file: PathBuf,
+    },
     /// Print the default configuration, with a comment on every key.
     PrintDefaultConfig,
     /// A first look: embedded broker, the daemon, a recorded fixture replayed onto it.

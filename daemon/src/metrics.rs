@@ -451,6 +451,8 @@ impl Snapshot {
             bad_timestamps = self.bad_timestamps,
             unknown_topics = self.unknown_topics,
             out_of_order = self.out_of_order,
+            channel_mismatch = self.channel_mismatch,
+            gaps = self.gaps,
             duplicates = self.duplicates,
             drops = self.drops(),
             events = self.events_published,
@@ -526,6 +528,39 @@ mod tests {
         assert_eq!(l.allow(10), None);
         assert_eq!(l.allow(999), None);
         assert_eq!(l.allow(1000), Some(2));
+    }
+
+    #[test]
+    fn summary_line_names_every_refusal_of_a_sample() {
+        // Samples of a known stream with other channels, or after a gap, are counted apart from
+        // payload_errors and drops; the summary line must show them, or thousands of skipped
+        // samples look like a quiet, healthy daemon.
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let snapshot = Snapshot {
+            channel_mismatch: 7204,
+            gaps: 3,
+            ..Snapshot::default()
+        };
+        tracing::subscriber::with_default(subscriber, || snapshot.log("summary"));
+        let line = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(line.contains("channel_mismatch=7204"), "{line}");
+        assert!(line.contains("gaps=3"), "{line}");
     }
 
     #[test]

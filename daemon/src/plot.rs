@@ -44,6 +44,22 @@ const THRESHOLD: RGBColor = RGBColor(200, 30, 30);
 const DETECTION: RGBColor = RGBColor(200, 30, 30);
 const LABELLED: RGBAColor = RGBAColor(255, 150, 0, 0.22);
 
+/// Checks that `path` names a format [`write`] can produce (`.svg` or `.png`), so a command
+/// can refuse a wrong `--plot` before doing the work rather than after.
+pub fn check_path(path: &Path) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("svg" | "png") => Ok(()),
+        _ => bail!(
+            "{}: the plot format is chosen by the extension, .svg or .png",
+            path.display()
+        ),
+    }
+}
+
 /// Writes the figure to `path` (`.svg` or `.png`).
 pub fn write(path: &Path, data: &PlotData) -> Result<()> {
     register_font();
@@ -209,6 +225,29 @@ fn decimate(points: &[(i64, f64)], clock: &Clock) -> Vec<(f64, f64)> {
     out
 }
 
+/// Whether the value axis from `y0` to `y1` needs [`compact_label`]: plotters writes every
+/// digit (`400000000.0`), which for large or tiny values does not fit the 70-pixel label area
+/// and runs into the axis title (NAB's ec2_disk_write_bytes, up to 4.6e8).
+fn needs_compact_labels(y0: f64, y1: f64) -> bool {
+    let m = y0.abs().max(y1.abs());
+    m >= 1e6 || (m > 0.0 && m < 1e-3)
+}
+
+/// A tick value in scientific notation with at most three significant digits: `4e8`, `2.5e8`.
+fn compact_label(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let s = format!("{v:.2e}");
+    match s.split_once('e') {
+        Some((mantissa, exponent)) => {
+            let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+            format!("{mantissa}e{exponent}")
+        }
+        None => s,
+    }
+}
+
 fn value_range(points: &[(i64, f64)]) -> (f64, f64) {
     let (lo, hi) = points
         .iter()
@@ -271,6 +310,8 @@ fn draw_channel<DB: DrawingBackend>(
     legend: bool,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let (y0, y1) = value_range(points);
+    let compact = |v: &f64| compact_label(*v);
+    let time = |h: &f64| clock.label(h);
     let mut chart = ChartBuilder::on(area)
         .margin_left(10)
         .margin_right(25)
@@ -280,17 +321,19 @@ fn draw_channel<DB: DrawingBackend>(
         .right_y_label_area_size(70)
         .caption(format!("signal: {name}"), (FONT, 16))
         .build_cartesian_2d(0.0..clock.span, y0..y1)?;
-    chart
-        .configure_mesh()
-        .light_line_style(WHITE.mix(0.0))
+    let mut mesh = chart.configure_mesh();
+    mesh.light_line_style(WHITE.mix(0.0))
         .bold_line_style(BLACK.mix(0.08))
         .x_labels(10)
         .y_labels(5)
-        .x_label_formatter(&|h| clock.label(h))
+        .x_label_formatter(&time)
         .y_desc(name)
         .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .draw()?;
+        .axis_desc_style((FONT, 14));
+    if needs_compact_labels(y0, y1) {
+        mesh.y_label_formatter(&compact);
+    }
+    mesh.draw()?;
     draw_events(&mut chart, clock, data, (y0, y1), legend)?;
     chart
         .draw_series(LineSeries::new(
@@ -389,6 +432,22 @@ fn draw_scores<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_and_tiny_axis_values_get_short_labels() {
+        assert!(needs_compact_labels(0.0, 4.6e8));
+        assert!(needs_compact_labels(-2e6, 0.0));
+        assert!(needs_compact_labels(1e-5, 9e-4));
+        assert!(!needs_compact_labels(0.0265, 0.0285));
+        assert!(!needs_compact_labels(-1.0, 250.0));
+        assert!(!needs_compact_labels(0.0, 0.0));
+        assert_eq!(compact_label(4e8), "4e8");
+        assert_eq!(compact_label(2.5e8), "2.5e8");
+        assert_eq!(compact_label(-1.25e6), "-1.25e6");
+        assert_eq!(compact_label(123_456_789.0), "1.23e8");
+        assert_eq!(compact_label(5e-4), "5e-4");
+        assert_eq!(compact_label(0.0), "0");
+    }
 
     #[test]
     fn long_series_are_reduced_keeping_extremes() {

@@ -523,7 +523,8 @@ impl Worker {
         if !same_layout {
             Metrics::inc(&m.channel_mismatch);
             if let Some(held) = BAD_INPUT.allow(now_ms()) {
-                tracing::warn!(key = %r.key, expected = ?stream.channel_names, suppressed = held, "channels differ from the stream's first sample; sample skipped");
+                let got: Vec<&str> = r.channels.iter().map(|(name, _)| name.as_str()).collect();
+                tracing::warn!(key = %r.key, expected = ?stream.channel_names, got = ?got, suppressed = held, "channels differ from the stream's first sample; sample skipped");
             }
             return;
         }

@@ -506,6 +506,23 @@ fn inspect_shows_streams_and_damage() {
     assert_eq!(cols[3], "600", "samples: {line}");
     assert_eq!(cols[4], "143", "windows: (600 − 32) / 4 + 1 = 143: {line}");
     assert_eq!(cols[8], "64", "dictionary n = 32 × 2: {line}");
+    // Every row, header included, has its columns at the same places (the channel list "a,b"
+    // and a long key used to push the rest of their row out of line).
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let ends = |l: &str| -> Vec<usize> {
+        l.char_indices()
+            .filter(|&(i, ch)| ch != ' ' && l[i + ch.len_utf8()..].starts_with(' '))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    for row in &rows[1..] {
+        assert_eq!(ends(row).len(), ends(rows[0]).len(), "{text}");
+        assert_eq!(
+            ends(row)[1..],
+            ends(rows[0])[1..],
+            "columns out of line:\n{text}"
+        );
+    }
 
     let mut bytes = std::fs::read(dir.path().join(CURRENT)).unwrap();
     let last = bytes.len() - 1;

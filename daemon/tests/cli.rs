@@ -114,3 +114,30 @@ fn demo_without_the_feature_says_how_to_get_it() {
         "{err}"
     );
 }
+
+/// Every argument of every subcommand is described in its `--help` (check-config's FILE had
+/// no text at all).
+#[test]
+fn every_argument_has_help_text() {
+    for cmd in [
+        "run",
+        "inspect",
+        "check-config",
+        "print-default-config",
+        "replay",
+        "eval",
+    ] {
+        let out = sparsewatch(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let args = text.split("Arguments:").nth(1).unwrap_or("");
+        let args = args.split("Options:").next().unwrap_or("");
+        for line in args.lines().filter(|l| !l.trim().is_empty()) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            assert!(
+                words.len() > 1 || !line.trim_start().starts_with('<'),
+                "{cmd} --help: argument without a description: {line:?}"
+            );
+        }
+    }
+}

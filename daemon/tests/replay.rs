@@ -254,6 +254,33 @@ fn nothing_usable_is_an_error() {
     assert!(!out.exists());
 }
 
+/// A `--plot` with an extension no figure can be written as is refused before the replay, naming
+/// the path given (it used to fail only after the whole run, naming `FILE-<key>.gif`).
+#[test]
+fn a_plot_of_unknown_format_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo().join("fixtures/pump-bearing.jsonl");
+    let out = dir.path().join("o.jsonl");
+    let plot = dir.path().join("p.gif");
+    let r = sparsewatch(&[
+        "replay",
+        "--offline",
+        &input.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--plot",
+        &plot.display().to_string(),
+    ]);
+    let err = stderr(&r);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("p.gif: the plot format is chosen by the extension"),
+        "{err}"
+    );
+    assert!(!err.contains("messages"), "the replay ran first: {err}");
+    assert!(!out.exists());
+}
+
 /// `--plot` writes an SVG (text as SVG elements) or a PNG, one per stream when there are
 /// several.
 #[test]

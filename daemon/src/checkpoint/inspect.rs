@@ -74,9 +74,21 @@ impl Inspection {
             c.meta.node,
             c.streams.len()
         );
+        // Keys and channel lists vary in length: the two columns are as wide as their longest
+        // entry, so the columns after them stay aligned.
+        let kw = c
+            .streams
+            .iter()
+            .map(|st| st.record.key.chars().count())
+            .fold(28, usize::max);
+        let cw = c
+            .streams
+            .iter()
+            .map(|st| st.record.channels.join(",").chars().count())
+            .fold(8, usize::max);
         let _ = writeln!(
             s,
-            "{:<28} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6} {:>6} {:>9} {:>7} {:>7}",
+            "{:<kw$} {:>cw$} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6} {:>6} {:>9} {:>8} {:>7}",
             "key",
             "channels",
             "bytes",
@@ -118,7 +130,7 @@ impl Inspection {
                 .unwrap_or_else(|| ("-".into(), "-".into()));
             let _ = writeln!(
                 s,
-                "{:<28} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6} {:>6} {:>9} {:>7} {:>7}",
+                "{:<kw$} {:>cw$} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6} {:>6} {:>9} {:>8} {:>7}",
                 st.record.key,
                 st.record.channels.join(","),
                 st.bytes,

@@ -287,10 +287,17 @@ pub fn load_with_env(
         Source::File(path) => {
             // Check it exists ourselves for a plain "cannot read" error, then let `config` parse it
             // from the path so syntax errors name the file.
-            std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
                 path: path.display().to_string(),
                 source,
             })?;
+            // `config` would say "configuration file \"/etc\" not found" for a directory.
+            if meta.is_dir() {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source: std::io::ErrorKind::IsADirectory.into(),
+                });
+            }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
         Source::Text(text) => builder = builder.add_source(File::from_str(text, FileFormat::Toml)),
@@ -317,8 +324,67 @@ pub fn load_with_env(
     let settings: Settings = builder
         .build()
         .and_then(Config::try_deserialize)
-        .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        .map_err(|e| explain_enum_error(e.to_string()))?;
     validate_with(settings, credentials_dir.as_deref())
+}
+
+/// The `config` crate reports a misspelt choice (`detector = "foo"`) as "enum DetectorKind
+/// does not have variant constructor foo for key `pipeline.detector`": a Rust type name and
+/// no hint of the valid values. This names the key and lists the values instead.
+fn explain_enum_error(message: String) -> ConfigError {
+    let parsed = if let Some(rest) = message.strip_prefix("value of enum ") {
+        // `detector = 3`: not a string at all.
+        rest.split_once(" should be represented by ")
+            .and_then(|(name, rest)| {
+                Some((
+                    name,
+                    "got a value that is not a string".to_string(),
+                    rest.split_once(" for key `")?.1,
+                ))
+            })
+    } else {
+        message.strip_prefix("enum ").and_then(|rest| {
+            let (name, rest) = rest.split_once(" does not have variant constructor ")?;
+            let (value, rest) = rest.split_once(" for key `")?;
+            Some((name, format!("got {value:?}"), rest))
+        })
+    };
+    let Some((name, got, rest)) = parsed else {
+        return ConfigError::Parse(message);
+    };
+    let key = rest.split('`').next().unwrap_or_default();
+    match enum_choices(name) {
+        Some(choices) if !key.is_empty() => invalid(key, format!("must be {choices}, {got}")),
+        _ => ConfigError::Parse(message),
+    }
+}
+
+/// The values a configuration enum accepts, as serde lists them ("one of `a`, `b`, `c`").
+fn enum_choices(type_name: &str) -> Option<String> {
+    fn choices<T: serde::de::DeserializeOwned>() -> Option<String> {
+        use serde::de::IntoDeserializer;
+        let probe: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            "\u{0}".into_deserializer();
+        let error = T::deserialize(probe).err()?.to_string();
+        let (_, expected) = error.split_once("expected ")?;
+        Some(expected.to_string())
+    }
+    use sparsewatch_dsp::dictionary::{Objective, PolarMethod, Retraction, Schedule};
+    use sparsewatch_dsp::memory::SaturationPolicy;
+    use sparsewatch_dsp::score::{BaselineTail, LikelihoodScale};
+    match type_name {
+        "DetectorKind" => choices::<sparsewatch_dsp::DetectorKind>(),
+        "OverloadPolicy" => choices::<OverloadPolicy>(),
+        "CodeFormat" => choices::<CodeFormat>(),
+        "BaselineTail" => choices::<BaselineTail>(),
+        "LikelihoodScale" => choices::<LikelihoodScale>(),
+        "SaturationPolicy" => choices::<SaturationPolicy>(),
+        "Objective" => choices::<Objective>(),
+        "Schedule" => choices::<Schedule>(),
+        "Retraction" => choices::<Retraction>(),
+        "PolarMethod" => choices::<PolarMethod>(),
+        _ => None,
+    }
 }
 
 /// Where systemd puts the files of `LoadCredential=`; relative secret paths are looked up there.
@@ -694,6 +760,73 @@ mod tests {
         );
         let err = load_with_env(Source::Text(text), no_env()).unwrap_err();
         assert!(err.to_string().contains("mqtt.password_file"), "{err}");
+    }
+
+    #[test]
+    fn a_misspelt_choice_names_the_key_and_the_valid_values() {
+        let cases = [
+            (
+                "[pipeline]\ndetector = \"foo\"",
+                "pipeline.detector",
+                "`gated`",
+            ),
+            (
+                "[pipeline]\ndetector = 3",
+                "pipeline.detector",
+                "`baseline`",
+            ),
+            ("[mqtt]\noverload = \"drop\"", "mqtt.overload", "`shed`"),
+            (
+                "[output.codes]\nformat = \"xml\"",
+                "output.codes.format",
+                "`cbor`",
+            ),
+            (
+                "[pipeline.baseline]\ntail = \"t\"",
+                "pipeline.baseline.tail",
+                "`student_t`",
+            ),
+            (
+                "[pipeline.likelihood]\nscale = \"x\"",
+                "pipeline.likelihood.scale",
+                "`log`",
+            ),
+            (
+                "[pipeline.memory.sdr]\npolicy = \"x\"",
+                "pipeline.memory.sdr.policy",
+                "`rotate`",
+            ),
+            (
+                "[pipeline.dictionary]\npolar = \"x\"",
+                "pipeline.dictionary.polar",
+                "`svd`",
+            ),
+        ];
+        for (text, key, choice) in cases {
+            let err = load_with_env(Source::Text(text), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{key}: must be ")), "{err}");
+            assert!(err.contains(choice), "{err}");
+            assert!(!err.contains("variant constructor"), "{err}");
+        }
+        let env = vec![(
+            "SPARSEWATCH__PIPELINE__DETECTOR".to_string(),
+            "foo".to_string(),
+        )];
+        let err = load_with_env(Source::Default, env).unwrap_err().to_string();
+        assert!(err.contains("pipeline.detector: must be one of"), "{err}");
+        assert!(err.contains("got \"foo\""), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_reported_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_with_env(Source::File(dir.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        assert!(!err.contains("not found"), "{err}");
     }
 
     #[test]

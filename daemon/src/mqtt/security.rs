@@ -229,8 +229,28 @@ pub fn failure_hint(e: &rumqttc::ConnectionError) -> Option<&'static str> {
         E::Tls(_) => Some(
             "TLS failed: the broker's certificate must chain to mqtt.tls.ca_file (or the system \
              trust store) and name mqtt.host; with mutual TLS the broker must trust \
-             mqtt.tls.client_cert_file",
+             mqtt.tls.client_cert_file; and mqtt.port must be the broker's TLS listener (usually \
+             8883, not a plain one such as 1883)",
         ),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_hint;
+
+    /// TLS to a plain listener ends in a reset while the handshake is read, not in a certificate
+    /// error: the hint must name the port as well as the certificates.
+    #[test]
+    fn a_tls_failure_hint_names_the_certificates_and_the_port() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let e = rumqttc::ConnectionError::Tls(rumqttc::TlsError::Io(reset));
+        let hint = failure_hint(&e).expect("a hint");
+        assert!(hint.contains("mqtt.tls.ca_file"), "{hint}");
+        assert!(hint.contains("mqtt.port"), "{hint}");
+        let refused =
+            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized);
+        assert!(failure_hint(&refused).unwrap().contains("mqtt.username"));
     }
 }

@@ -216,6 +216,9 @@ fn offline_cli(
     out: &Path,
     plot: Option<&Path>,
 ) -> Result<()> {
+    if let Some(plot) = plot {
+        plot::check_path(plot)?;
+    }
     // Written to a temporary file first, so a failed replay leaves no partial output that
     // looks valid.
     let tmp = out.with_extension("jsonl.partial");
