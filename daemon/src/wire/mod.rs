@@ -13,4 +13,4 @@ pub use events::{
 pub use payload::{
     decode_payload, PayloadError, PayloadErrorKind, PayloadLimits, Reading, MAX_ABS_VALUE,
 };
-pub use topic::TopicTemplate;
+pub use topic::{TopicTemplate, MAX_KEY_BYTES};
