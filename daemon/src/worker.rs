@@ -571,7 +571,6 @@ impl Worker {
         Metrics::inc(&m.samples);
         let Some(report) = result.report else { return };
         m.latency.worker_window.observe(started.elapsed());
-        m.latency.worker_window.observe(started.elapsed());
         Metrics::inc(&m.windows);
         if let (Some(sink), Some(every)) = (&self.ctx.codes, self.codes_every) {
             send_code(
@@ -748,6 +747,8 @@ mod tests {
         let s = metrics.snapshot();
         // Window 32, hop 4: windows end at samples 32, 36 and 40.
         assert_eq!((s.samples, s.windows), (41, 3));
+        // One latency observation per completed window.
+        assert_eq!(metrics.latency.worker_window.snapshot().count(), 3);
         assert_eq!(
             (
                 s.out_of_order,
