@@ -443,7 +443,9 @@ impl Worker {
     fn encode_all(&self) -> Vec<Vec<u8>> {
         self.streams
             .iter()
-            .map(|(key, s)| checkpoint::encode_stream(key, &s.channel_names, &s.pipeline))
+            .map(|(key, s)| {
+                checkpoint::encode_stream_state(key, &s.channel_names, &s.pipeline, s.silent)
+            })
             .collect()
     }
 
@@ -467,7 +469,8 @@ impl Worker {
                 values: vec![0.0; channels],
                 pipeline: r.pipeline,
                 last_arrival_ms: now_ms(),
-                silent: false,
+                // Its retained "active": true is still out: the first sample clears it.
+                silent: r.silent,
             },
         );
     }
@@ -902,5 +905,68 @@ mod tests {
         assert_eq!((m.key.as_str(), m.active), ("quiet", false));
         let s = metrics.snapshot();
         assert_eq!((s.nodata_raised, s.nodata_cleared), (1, 1));
+    }
+
+    /// A stream whose no-data condition was raised when the checkpoint was written publishes
+    /// the clear at its first sample after a restart; before, the flag was not in the record
+    /// and the retained `"active": true` stayed forever.
+    #[test]
+    fn a_restored_silent_stream_clears_no_data_at_its_first_sample() {
+        let (mut c, mut rx) = ctx(10);
+        c.no_data_after = Some(Duration::from_secs(5));
+        let mut w = Worker::new(c);
+        w.handle(reading("quiet", 0, 0.0));
+        w.handle(reading("busy", 0, 0.0));
+        let t0 = w.streams["quiet"].last_arrival_ms;
+        w.streams.get_mut("busy").unwrap().last_arrival_ms = t0 + 6_000;
+        w.check_silence(t0 + 6_000, Duration::from_secs(5));
+        assert!(matches!(rx.try_recv(), Ok(OutboundEvent::NoData(m)) if m.active));
+        let records: Vec<StreamRecord> = w
+            .encode_all()
+            .iter()
+            .map(|b| ciborium::from_reader(b.as_slice()).unwrap())
+            .collect();
+        assert_eq!(records.len(), 2);
+
+        let (mut c, mut rx) = ctx(10);
+        c.no_data_after = Some(Duration::from_secs(5));
+        let metrics = c.metrics.clone();
+        let mut w = Worker::new(c);
+        for r in records {
+            w.restore(r);
+        }
+        w.handle(reading("busy", 1, 1.0));
+        assert!(
+            rx.try_recv().is_err(),
+            "a stream that was not silent clears nothing"
+        );
+        w.handle(reading("quiet", 1, 1.0));
+        let Ok(OutboundEvent::NoData(m)) = rx.try_recv() else {
+            panic!("a cleared no-data event")
+        };
+        assert_eq!((m.key.as_str(), m.active), ("quiet", false));
+        assert_eq!(metrics.snapshot().nodata_cleared, 1);
+    }
+
+    /// A record written before `silent` existed still loads, as a stream that is not silent.
+    #[test]
+    fn a_stream_record_without_the_silent_flag_loads() {
+        #[derive(serde::Serialize)]
+        struct OldRecord<'a> {
+            key: &'a str,
+            channels: &'a [String],
+            pipeline: &'a Pipeline,
+        }
+        let pipeline = Pipeline::new(&PipelineParams::default().check().unwrap(), 2);
+        let channels = ["a".to_string(), "b".to_string()];
+        let mut bytes = vec![];
+        let old = OldRecord {
+            key: "k",
+            channels: &channels,
+            pipeline: &pipeline,
+        };
+        ciborium::into_writer(&old, &mut bytes).unwrap();
+        let r: StreamRecord = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!((r.key.as_str(), r.silent), ("k", false));
     }
 }

@@ -44,6 +44,7 @@ fn learned(key: &str, samples: i64) -> StreamRecord {
         key: key.into(),
         channels: vec!["a".into(), "b".into()],
         pipeline,
+        silent: false,
     }
 }
 
@@ -110,6 +111,7 @@ fn a_restored_stream_continues_where_it_stopped() {
             key: "k".into(),
             channels: vec!["a".into(), "b".into()],
             pipeline: live.clone(),
+            silent: false,
         }],
         0,
     );
