@@ -43,6 +43,9 @@ pub struct Dispatch {
     pub dup: bool,
     /// Acknowledgement owed once the worker has taken the reading (QoS 1 with manual acks).
     pub ack: Option<AckToken>,
+    /// The payload had no timestamp; `reading.ts_ms` is its arrival time, which the worker
+    /// moves past the stream's last timestamp (see [`arrival_stamp`]).
+    pub arrival_ts: bool,
 }
 
 impl Dispatch {
@@ -52,7 +55,19 @@ impl Dispatch {
             reading,
             dup: false,
             ack: None,
+            arrival_ts: false,
         }
+    }
+}
+
+/// The timestamp of a sample whose payload had none, received at `arrival_ms`, on a stream
+/// whose last timestamp is `last_ts`: the arrival time, or 1 ms after the last one when that
+/// is later. A backlog delivered within one millisecond (after an outage, or a burst) would
+/// otherwise make every sample after the first a "duplicate" the framer refuses.
+pub fn arrival_stamp(arrival_ms: i64, last_ts: Option<i64>) -> i64 {
+    match last_ts {
+        Some(last) => arrival_ms.max(last.saturating_add(1)),
+        None => arrival_ms,
     }
 }
 
@@ -479,7 +494,7 @@ impl Worker {
     /// state (or was refused for good), so the broker need not keep it.
     fn take(&mut self, d: Dispatch) {
         let ack = d.ack;
-        self.handle_dispatch(d.reading, d.dup);
+        self.handle_dispatch(d.reading, d.dup, d.arrival_ts);
         if let (Some(acker), Some(token)) = (&self.ctx.acker, ack) {
             acker.ack(token);
         }
@@ -508,10 +523,10 @@ impl Worker {
 
     #[cfg(test)]
     fn handle(&mut self, r: Reading) {
-        self.handle_dispatch(r, false);
+        self.handle_dispatch(r, false, false);
     }
 
-    fn handle_dispatch(&mut self, r: Reading, dup: bool) {
+    fn handle_dispatch(&mut self, r: Reading, dup: bool, arrival_ts: bool) {
         if !self.streams.contains_key(&r.key) && !self.open_stream(&r) {
             return;
         }
@@ -533,7 +548,13 @@ impl Worker {
         for (slot, (_, v)) in stream.values.iter_mut().zip(&r.channels) {
             *slot = *v;
         }
-        let Ok(sample) = Sample::new(r.ts_ms, &stream.values) else {
+        let last_ts = stream.pipeline.last_ts();
+        let ts_ms = if arrival_ts {
+            arrival_stamp(r.ts_ms, last_ts)
+        } else {
+            r.ts_ms
+        };
+        let Ok(sample) = Sample::new(ts_ms, &stream.values) else {
             // The decoder already refuses non-finite values; this is a second line of defence.
             Metrics::inc(&m.payload_errors);
             return;
@@ -550,14 +571,13 @@ impl Worker {
                 send_event(&self.ctx, OutboundEvent::NoData(msg), &r.key);
             }
         }
-        let last_ts = stream.pipeline.last_ts();
         let started = std::time::Instant::now();
         let result = stream.pipeline.push_with(sample, &mut self.scratch);
         match result.outcome {
             PushOutcome::OutOfOrder => {
                 // A redelivery (the broker says so, or the very timestamp of the last sample)
                 // is a duplicate the protocol allows; anything else is out of order.
-                if dup || last_ts == Some(r.ts_ms) {
+                if dup || last_ts == Some(ts_ms) {
                     Metrics::inc(&m.duplicates);
                 } else {
                     Metrics::inc(&m.out_of_order);
@@ -866,9 +886,9 @@ mod tests {
             w.handle(reading("k", t, t as f64));
         }
         w.handle(reading("k", 9, 9.0)); // the last sample again
-        w.handle_dispatch(reading("k", 4, 4.0), true); // an older one the broker marked DUP
+        w.handle_dispatch(reading("k", 4, 4.0), true, false); // an older one the broker marked DUP
         w.handle(reading("k", 3, 3.0)); // older, not marked: out of order
-        w.handle_dispatch(reading("k", 10, 10.0), true); // DUP but new to us: a sample
+        w.handle_dispatch(reading("k", 10, 10.0), true, false); // DUP but new to us: a sample
         let s = metrics.snapshot();
         assert_eq!((s.samples, s.duplicates, s.out_of_order), (11, 2, 1));
     }
@@ -968,5 +988,42 @@ mod tests {
         ciborium::into_writer(&old, &mut bytes).unwrap();
         let r: StreamRecord = ciborium::from_reader(bytes.as_slice()).unwrap();
         assert_eq!((r.key.as_str(), r.silent), ("k", false));
+    }
+
+    /// Timestamp-less samples delivered within one millisecond (a backlog after an outage)
+    /// are all taken, stamped 1 ms apart; before, every one after the first was refused as a
+    /// duplicate of the first's arrival time.
+    #[test]
+    fn a_burst_without_timestamps_is_taken_not_refused_as_duplicates() {
+        let (c, _rx) = ctx(10);
+        let metrics = c.metrics.clone();
+        let mut w = Worker::new(c);
+        for i in 0..40 {
+            w.take(Dispatch {
+                arrival_ts: true,
+                ..Dispatch::plain(reading("k", 5_000, f64::from(i)))
+            });
+        }
+        let s = metrics.snapshot();
+        assert_eq!((s.samples, s.duplicates, s.out_of_order), (40, 0, 0));
+        assert_eq!(s.windows, 3, "window 32, hop 4: samples 32, 36 and 40");
+        assert_eq!(w.streams["k"].pipeline.last_ts(), Some(5_039));
+        // A later arrival time is taken as it is.
+        w.take(Dispatch {
+            arrival_ts: true,
+            ..Dispatch::plain(reading("k", 9_000, 1.0))
+        });
+        assert_eq!(w.streams["k"].pipeline.last_ts(), Some(9_000));
+        // A payload's own timestamp is never moved: a repeat is a duplicate.
+        w.take(Dispatch::plain(reading("k", 9_000, 1.0)));
+        assert_eq!(metrics.snapshot().duplicates, 1);
+    }
+
+    #[test]
+    fn arrival_stamps_move_past_the_last_timestamp_only() {
+        assert_eq!(arrival_stamp(100, None), 100);
+        assert_eq!(arrival_stamp(100, Some(50)), 100);
+        assert_eq!(arrival_stamp(100, Some(100)), 101);
+        assert_eq!(arrival_stamp(100, Some(250)), 251);
     }
 }

@@ -40,8 +40,8 @@ use crate::config::{CodeFormat, OverloadPolicy, ValidSettings};
 use crate::metrics::{now_ms, LogLimiter, Metrics};
 use crate::outbox::Outbox;
 use crate::wire::{
-    decode_payload, CodeMessage, OutboundEvent, Reading, StatusMessage, TopicTemplate,
-    MAX_KEY_BYTES,
+    decode_payload_stamped, CodeMessage, OutboundEvent, Reading, StatusMessage, TopicTemplate,
+    TsSource, MAX_KEY_BYTES,
 };
 use crate::worker::{Dispatch, Workers};
 
@@ -629,7 +629,7 @@ impl Ingest {
             self.ack_now(token);
             return None;
         };
-        let (ts_ms, channels) = match decode_payload(
+        let (ts_ms, ts_source, channels) = match decode_payload_stamped(
             &p.payload,
             now,
             &self.settings.payload_limits(),
@@ -652,6 +652,7 @@ impl Ingest {
             },
             dup: p.dup,
             ack: token,
+            arrival_ts: ts_source == TsSource::Arrival,
         };
         let guard = self.workers.lock().expect("workers lock");
         let Some(workers) = guard.as_ref() else {
