@@ -152,6 +152,10 @@ counters! {
     reloads,
     /// Configuration reloads rejected (the new file did not load or validate).
     reload_failures,
+    /// Compactions of the outbox spool file at start that failed (full disk, I/O error): the
+    /// daemon starts anyway and appends to the file as it was (or keeps events in memory only
+    /// when it cannot reopen it).
+    spool_failures,
     /// Outgoing publishes dropped as invalid before they reached the client: a topic longer
     /// than MQTT's 65 535 bytes or with a wildcard. Also counted as `dropped_events` or
     /// `dropped_codes`.

@@ -758,7 +758,7 @@ pub async fn publish_outbound(
     let online = StatusMessage::new(&node, true, started_at_ms).to_json();
     let mut status_on: Option<u64> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
-    let spooled = !settings.settings.output.buffer.file.is_empty();
+    let spooled = outbox.is_spooled();
     Metrics::set(&metrics.events_buffered, outbox.len() as u64);
     loop {
         // Registered before the link is looked at, so no change in between is missed.
