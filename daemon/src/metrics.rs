@@ -82,6 +82,9 @@ counters! {
     bad_timestamps,
     /// Topics that do not match `topics.template`.
     unknown_topics,
+    /// Topics whose sensor key is longer than `wire::MAX_KEY_BYTES` (256) bytes, refused: the
+    /// key would make outgoing topics too long for MQTT.
+    oversized_keys,
     /// Samples refused because their timestamp was not after the previous one of the stream.
     out_of_order,
     /// Samples whose channel set differs from the stream's first sample.
@@ -149,6 +152,14 @@ counters! {
     reloads,
     /// Configuration reloads rejected (the new file did not load or validate).
     reload_failures,
+    /// Compactions of the outbox spool file at start that failed (full disk, I/O error): the
+    /// daemon starts anyway and appends to the file as it was (or keeps events in memory only
+    /// when it cannot reopen it).
+    spool_failures,
+    /// Outgoing publishes dropped as invalid before they reached the client: a topic longer
+    /// than MQTT's 65 535 bytes or with a wildcard. Also counted as `dropped_events` or
+    /// `dropped_codes`.
+    invalid_publishes,
 }
 
 impl Metrics {
@@ -450,6 +461,7 @@ impl Snapshot {
             out_of_range_values = self.out_of_range_values,
             bad_timestamps = self.bad_timestamps,
             unknown_topics = self.unknown_topics,
+            oversized_keys = self.oversized_keys,
             out_of_order = self.out_of_order,
             channel_mismatch = self.channel_mismatch,
             gaps = self.gaps,

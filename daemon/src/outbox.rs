@@ -88,6 +88,8 @@ pub struct Outbox {
     capacity: usize,
     next_id: u64,
     spool: Option<Spool>,
+    /// The compaction at [`Outbox::open`] failed (see there).
+    start_compaction_failed: bool,
 }
 
 impl Outbox {
@@ -98,6 +100,7 @@ impl Outbox {
             capacity,
             next_id: 1,
             spool: None,
+            start_compaction_failed: false,
         }
     }
 
@@ -134,9 +137,37 @@ impl Outbox {
             max_len: settings.max_file_bytes,
             fsync: settings.fsync,
         });
-        // Start from a compact file: only what is still undelivered.
-        outbox.compact()?;
+        // Start from a compact file: only what is still undelivered. A failure here (a full
+        // disk) must not stop the daemon from starting: it goes on appending to the file as it
+        // is (still a valid spool file; the next compaction, when the file reaches its bound,
+        // tries again), or keeps events in memory only if even that file cannot be reopened.
+        if let Err(e) = outbox.compact() {
+            outbox.start_compaction_failed = true;
+            let spool = outbox.spool.take().expect("spool set above");
+            let _ = std::fs::remove_file(spool.path.with_extension("compacting"));
+            match OpenOptions::new().append(true).open(&spool.path) {
+                Ok(file) => {
+                    let len = file.metadata().map_or(spool.len, |m| m.len());
+                    tracing::error!(path = %spool.path.display(), error = %e, "cannot compact the outbox spool file at start; appending to it as it is");
+                    outbox.spool = Some(Spool { file, len, ..spool });
+                }
+                Err(reopen) => {
+                    tracing::error!(path = %spool.path.display(), error = %e, reopen_error = %reopen, "cannot compact or reopen the outbox spool file at start; events are kept in memory only");
+                }
+            }
+        }
         Ok((outbox, n))
+    }
+
+    /// Whether the compaction of the spool file at [`Outbox::open`] failed (logged there; the
+    /// outbox then appends to the file as it was, or keeps events in memory only).
+    pub fn start_compaction_failed(&self) -> bool {
+        self.start_compaction_failed
+    }
+
+    /// Whether events are mirrored to a spool file.
+    pub fn is_spooled(&self) -> bool {
+        self.spool.is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -303,12 +334,15 @@ impl Outbox {
             .expect("record serialises");
             out.push(b'\n');
         }
-        {
-            let mut f = File::create(&tmp)?;
+        let written = File::create(&tmp).and_then(|mut f| {
             f.write_all(&out)?;
-            f.sync_all()?;
+            f.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &spool.path)) {
+            // Leave no half-written copy behind on a full disk; the spool file is untouched.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        std::fs::rename(&tmp, &spool.path)?;
         if let Some(dir) = spool.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // Make the rename itself durable.
             if let Ok(d) = File::open(dir) {
@@ -425,6 +459,39 @@ mod tests {
         assert_eq!(keys, ["c", "d"]);
         let text = std::fs::read_to_string(&s.file).unwrap();
         assert_eq!(text.lines().count(), 2, "compacted: {text}");
+    }
+
+    /// A compaction that fails at start (a full disk; here the temporary file's path is
+    /// taken by a directory, so creating it fails) does not fail the start: the outbox
+    /// appends to the spool file as it was, and nothing in it is lost.
+    #[test]
+    fn a_failed_compaction_at_start_keeps_the_spool_file_and_appends_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 10, 1 << 20);
+        {
+            let (mut o, _) = Outbox::open(&s).unwrap();
+            for k in ["a", "b"] {
+                o.push(event(k), Some(1)).unwrap();
+            }
+            o.pop_front().unwrap(); // "a" acknowledged
+        }
+        let before = std::fs::read_to_string(&s.file).unwrap();
+        assert_eq!(before.lines().count(), 3, "add a, add b, done a: {before}");
+        let blocker = Path::new(&s.file).with_extension("compacting");
+        std::fs::create_dir(&blocker).unwrap();
+        let (mut o, restored) = Outbox::open(&s).expect("a failed compaction is not fatal");
+        assert_eq!(restored, 1);
+        assert!(o.start_compaction_failed());
+        assert!(o.is_spooled());
+        assert_eq!(o.file_len(), before.len() as u64);
+        o.push(event("c"), None).unwrap();
+        drop(o);
+        std::fs::remove_dir(&blocker).unwrap();
+        let (o, restored) = Outbox::open(&s).unwrap();
+        assert!(!o.start_compaction_failed());
+        assert_eq!(restored, 2);
+        let keys: Vec<_> = o.items.iter().map(|e| e.event.key().to_string()).collect();
+        assert_eq!(keys, ["b", "c"]);
     }
 
     /// The publish of the front event waits for its PUBACK while new events arrive; the spool

@@ -144,6 +144,9 @@ pub async fn run_service(
             s.output.buffer.file
         )
     })?;
+    if outbox.start_compaction_failed() {
+        Metrics::inc(&metrics.spool_failures);
+    }
     if spooled_events > 0 {
         tracing::info!(
             events = spooled_events,

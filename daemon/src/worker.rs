@@ -43,6 +43,9 @@ pub struct Dispatch {
     pub dup: bool,
     /// Acknowledgement owed once the worker has taken the reading (QoS 1 with manual acks).
     pub ack: Option<AckToken>,
+    /// The payload had no timestamp; `reading.ts_ms` is its arrival time, which the worker
+    /// moves past the stream's last timestamp (see [`arrival_stamp`]).
+    pub arrival_ts: bool,
 }
 
 impl Dispatch {
@@ -52,7 +55,19 @@ impl Dispatch {
             reading,
             dup: false,
             ack: None,
+            arrival_ts: false,
         }
+    }
+}
+
+/// The timestamp of a sample whose payload had none, received at `arrival_ms`, on a stream
+/// whose last timestamp is `last_ts`: the arrival time, or 1 ms after the last one when that
+/// is later. A backlog delivered within one millisecond (after an outage, or a burst) would
+/// otherwise make every sample after the first a "duplicate" the framer refuses.
+pub fn arrival_stamp(arrival_ms: i64, last_ts: Option<i64>) -> i64 {
+    match last_ts {
+        Some(last) => arrival_ms.max(last.saturating_add(1)),
+        None => arrival_ms,
     }
 }
 
@@ -443,7 +458,9 @@ impl Worker {
     fn encode_all(&self) -> Vec<Vec<u8>> {
         self.streams
             .iter()
-            .map(|(key, s)| checkpoint::encode_stream(key, &s.channel_names, &s.pipeline))
+            .map(|(key, s)| {
+                checkpoint::encode_stream_state(key, &s.channel_names, &s.pipeline, s.silent)
+            })
             .collect()
     }
 
@@ -467,7 +484,8 @@ impl Worker {
                 values: vec![0.0; channels],
                 pipeline: r.pipeline,
                 last_arrival_ms: now_ms(),
-                silent: false,
+                // Its retained "active": true is still out: the first sample clears it.
+                silent: r.silent,
             },
         );
     }
@@ -476,7 +494,7 @@ impl Worker {
     /// state (or was refused for good), so the broker need not keep it.
     fn take(&mut self, d: Dispatch) {
         let ack = d.ack;
-        self.handle_dispatch(d.reading, d.dup);
+        self.handle_dispatch(d.reading, d.dup, d.arrival_ts);
         if let (Some(acker), Some(token)) = (&self.ctx.acker, ack) {
             acker.ack(token);
         }
@@ -505,10 +523,10 @@ impl Worker {
 
     #[cfg(test)]
     fn handle(&mut self, r: Reading) {
-        self.handle_dispatch(r, false);
+        self.handle_dispatch(r, false, false);
     }
 
-    fn handle_dispatch(&mut self, r: Reading, dup: bool) {
+    fn handle_dispatch(&mut self, r: Reading, dup: bool, arrival_ts: bool) {
         if !self.streams.contains_key(&r.key) && !self.open_stream(&r) {
             return;
         }
@@ -531,7 +549,13 @@ impl Worker {
         for (slot, (_, v)) in stream.values.iter_mut().zip(&r.channels) {
             *slot = *v;
         }
-        let Ok(sample) = Sample::new(r.ts_ms, &stream.values) else {
+        let last_ts = stream.pipeline.last_ts();
+        let ts_ms = if arrival_ts {
+            arrival_stamp(r.ts_ms, last_ts)
+        } else {
+            r.ts_ms
+        };
+        let Ok(sample) = Sample::new(ts_ms, &stream.values) else {
             // The decoder already refuses non-finite values; this is a second line of defence.
             Metrics::inc(&m.payload_errors);
             return;
@@ -548,14 +572,13 @@ impl Worker {
                 send_event(&self.ctx, OutboundEvent::NoData(msg), &r.key);
             }
         }
-        let last_ts = stream.pipeline.last_ts();
         let started = std::time::Instant::now();
         let result = stream.pipeline.push_with(sample, &mut self.scratch);
         match result.outcome {
             PushOutcome::OutOfOrder => {
                 // A redelivery (the broker says so, or the very timestamp of the last sample)
                 // is a duplicate the protocol allows; anything else is out of order.
-                if dup || last_ts == Some(r.ts_ms) {
+                if dup || last_ts == Some(ts_ms) {
                     Metrics::inc(&m.duplicates);
                 } else {
                     Metrics::inc(&m.out_of_order);
@@ -571,7 +594,6 @@ impl Worker {
         }
         Metrics::inc(&m.samples);
         let Some(report) = result.report else { return };
-        m.latency.worker_window.observe(started.elapsed());
         m.latency.worker_window.observe(started.elapsed());
         Metrics::inc(&m.windows);
         if let (Some(sink), Some(every)) = (&self.ctx.codes, self.codes_every) {
@@ -749,6 +771,8 @@ mod tests {
         let s = metrics.snapshot();
         // Window 32, hop 4: windows end at samples 32, 36 and 40.
         assert_eq!((s.samples, s.windows), (41, 3));
+        // One latency observation per completed window.
+        assert_eq!(metrics.latency.worker_window.snapshot().count(), 3);
         assert_eq!(
             (
                 s.out_of_order,
@@ -863,9 +887,9 @@ mod tests {
             w.handle(reading("k", t, t as f64));
         }
         w.handle(reading("k", 9, 9.0)); // the last sample again
-        w.handle_dispatch(reading("k", 4, 4.0), true); // an older one the broker marked DUP
+        w.handle_dispatch(reading("k", 4, 4.0), true, false); // an older one the broker marked DUP
         w.handle(reading("k", 3, 3.0)); // older, not marked: out of order
-        w.handle_dispatch(reading("k", 10, 10.0), true); // DUP but new to us: a sample
+        w.handle_dispatch(reading("k", 10, 10.0), true, false); // DUP but new to us: a sample
         let s = metrics.snapshot();
         assert_eq!((s.samples, s.duplicates, s.out_of_order), (11, 2, 1));
     }
@@ -902,5 +926,105 @@ mod tests {
         assert_eq!((m.key.as_str(), m.active), ("quiet", false));
         let s = metrics.snapshot();
         assert_eq!((s.nodata_raised, s.nodata_cleared), (1, 1));
+    }
+
+    /// A stream whose no-data condition was raised when the checkpoint was written publishes
+    /// the clear at its first sample after a restart; before, the flag was not in the record
+    /// and the retained `"active": true` stayed forever.
+    #[test]
+    fn a_restored_silent_stream_clears_no_data_at_its_first_sample() {
+        let (mut c, mut rx) = ctx(10);
+        c.no_data_after = Some(Duration::from_secs(5));
+        let mut w = Worker::new(c);
+        w.handle(reading("quiet", 0, 0.0));
+        w.handle(reading("busy", 0, 0.0));
+        let t0 = w.streams["quiet"].last_arrival_ms;
+        w.streams.get_mut("busy").unwrap().last_arrival_ms = t0 + 6_000;
+        w.check_silence(t0 + 6_000, Duration::from_secs(5));
+        assert!(matches!(rx.try_recv(), Ok(OutboundEvent::NoData(m)) if m.active));
+        let records: Vec<StreamRecord> = w
+            .encode_all()
+            .iter()
+            .map(|b| ciborium::from_reader(b.as_slice()).unwrap())
+            .collect();
+        assert_eq!(records.len(), 2);
+
+        let (mut c, mut rx) = ctx(10);
+        c.no_data_after = Some(Duration::from_secs(5));
+        let metrics = c.metrics.clone();
+        let mut w = Worker::new(c);
+        for r in records {
+            w.restore(r);
+        }
+        w.handle(reading("busy", 1, 1.0));
+        assert!(
+            rx.try_recv().is_err(),
+            "a stream that was not silent clears nothing"
+        );
+        w.handle(reading("quiet", 1, 1.0));
+        let Ok(OutboundEvent::NoData(m)) = rx.try_recv() else {
+            panic!("a cleared no-data event")
+        };
+        assert_eq!((m.key.as_str(), m.active), ("quiet", false));
+        assert_eq!(metrics.snapshot().nodata_cleared, 1);
+    }
+
+    /// A record written before `silent` existed still loads, as a stream that is not silent.
+    #[test]
+    fn a_stream_record_without_the_silent_flag_loads() {
+        #[derive(serde::Serialize)]
+        struct OldRecord<'a> {
+            key: &'a str,
+            channels: &'a [String],
+            pipeline: &'a Pipeline,
+        }
+        let pipeline = Pipeline::new(&PipelineParams::default().check().unwrap(), 2);
+        let channels = ["a".to_string(), "b".to_string()];
+        let mut bytes = vec![];
+        let old = OldRecord {
+            key: "k",
+            channels: &channels,
+            pipeline: &pipeline,
+        };
+        ciborium::into_writer(&old, &mut bytes).unwrap();
+        let r: StreamRecord = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!((r.key.as_str(), r.silent), ("k", false));
+    }
+
+    /// Timestamp-less samples delivered within one millisecond (a backlog after an outage)
+    /// are all taken, stamped 1 ms apart; before, every one after the first was refused as a
+    /// duplicate of the first's arrival time.
+    #[test]
+    fn a_burst_without_timestamps_is_taken_not_refused_as_duplicates() {
+        let (c, _rx) = ctx(10);
+        let metrics = c.metrics.clone();
+        let mut w = Worker::new(c);
+        for i in 0..40 {
+            w.take(Dispatch {
+                arrival_ts: true,
+                ..Dispatch::plain(reading("k", 5_000, f64::from(i)))
+            });
+        }
+        let s = metrics.snapshot();
+        assert_eq!((s.samples, s.duplicates, s.out_of_order), (40, 0, 0));
+        assert_eq!(s.windows, 3, "window 32, hop 4: samples 32, 36 and 40");
+        assert_eq!(w.streams["k"].pipeline.last_ts(), Some(5_039));
+        // A later arrival time is taken as it is.
+        w.take(Dispatch {
+            arrival_ts: true,
+            ..Dispatch::plain(reading("k", 9_000, 1.0))
+        });
+        assert_eq!(w.streams["k"].pipeline.last_ts(), Some(9_000));
+        // A payload's own timestamp is never moved: a repeat is a duplicate.
+        w.take(Dispatch::plain(reading("k", 9_000, 1.0)));
+        assert_eq!(metrics.snapshot().duplicates, 1);
+    }
+
+    #[test]
+    fn arrival_stamps_move_past_the_last_timestamp_only() {
+        assert_eq!(arrival_stamp(100, None), 100);
+        assert_eq!(arrival_stamp(100, Some(50)), 100);
+        assert_eq!(arrival_stamp(100, Some(100)), 101);
+        assert_eq!(arrival_stamp(100, Some(250)), 251);
     }
 }

@@ -44,6 +44,7 @@ fn learned(key: &str, samples: i64) -> StreamRecord {
         key: key.into(),
         channels: vec!["a".into(), "b".into()],
         pipeline,
+        silent: false,
     }
 }
 
@@ -110,6 +111,7 @@ fn a_restored_stream_continues_where_it_stopped() {
             key: "k".into(),
             channels: vec!["a".into(), "b".into()],
             pipeline: live.clone(),
+            silent: false,
         }],
         0,
     );
@@ -590,4 +592,42 @@ fn a_reload_changes_thresholds_and_keeps_learned_state() {
     assert_eq!(after.counters(), before.counters());
     assert_eq!(after.dictionary(), before.dictionary());
     assert_eq!(after.alert_state(), before.alert_state());
+}
+
+/// Feeds `range` with a step of +40 on channel 1 from `fault_at`; the detections.
+fn feed_fault(
+    p: &mut Pipeline,
+    range: std::ops::Range<i64>,
+    fault_at: i64,
+) -> Vec<sparsewatch_dsp::Detection> {
+    range
+        .filter_map(|t| {
+            let mut v = value(t);
+            if t >= fault_at {
+                v[1] += 40.0;
+            }
+            p.push(Sample::new(t * 1000, &v).unwrap()).report
+        })
+        .filter_map(|r| r.detection)
+        .collect()
+}
+
+/// Why subscribers deduplicate anomaly events on node, key and the window's bounds, not on
+/// `seq` (ARCHITECTURE.md, "Outbound while the broker is down"): after an unclean stop the
+/// stream comes back from its last checkpoint, with the detection counter of then, and the
+/// samples acknowledged since are gone; the next incident gets the `seq` of one published
+/// before the stop, but not its window.
+#[test]
+fn after_an_unclean_stop_a_new_incident_may_reuse_a_seq_but_not_a_window() {
+    let mut live = Pipeline::new(&params(), 2);
+    feed(&mut live, 0..6_000);
+    let checkpoint = live.clone();
+    let before_crash = feed_fault(&mut live, 6_000..7_000, 6_500);
+    assert_eq!(before_crash.len(), 1, "{before_crash:?}");
+    let mut restored = checkpoint;
+    let after_restart = feed_fault(&mut restored, 8_000..9_000, 8_500);
+    assert_eq!(after_restart.len(), 1, "{after_restart:?}");
+    let (a, b) = (before_crash[0], after_restart[0]);
+    assert_eq!(a.seq, b.seq, "the restored counter repeats the seq");
+    assert_ne!((a.start_ms, a.end_ms), (b.start_ms, b.end_ms));
 }

@@ -65,6 +65,11 @@ pub struct StreamRecord {
     /// Channel names in the stream's order (fixed by its first sample).
     pub channels: Vec<String>,
     pub pipeline: Pipeline,
+    /// The stream's no-data condition was raised (its retained `"active": true` is out) and
+    /// not yet cleared, so the restored stream publishes the clear at its first sample.
+    /// Absent in checkpoints written before it existed: not silent.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 /// A stream as read back, with the size of its record.
@@ -104,13 +109,25 @@ pub enum CheckpointError {
     Io(#[from] std::io::Error),
 }
 
-/// CBOR of one stream's record, as a worker produces it for a snapshot.
+/// CBOR of one stream's record whose no-data condition is not raised.
 pub fn encode_stream(key: &str, channels: &[String], pipeline: &Pipeline) -> Vec<u8> {
+    encode_stream_state(key, channels, pipeline, false)
+}
+
+/// CBOR of one stream's record, as a worker produces it for a snapshot (`silent`: see
+/// [`StreamRecord::silent`]).
+pub fn encode_stream_state(
+    key: &str,
+    channels: &[String],
+    pipeline: &Pipeline,
+    silent: bool,
+) -> Vec<u8> {
     #[derive(Serialize)]
     struct Ref<'a> {
         key: &'a str,
         channels: &'a [String],
         pipeline: &'a Pipeline,
+        silent: bool,
     }
     let mut out = Vec::with_capacity(64 * 1024);
     ciborium::into_writer(
@@ -118,6 +135,7 @@ pub fn encode_stream(key: &str, channels: &[String], pipeline: &Pipeline) -> Vec
             key,
             channels,
             pipeline,
+            silent,
         },
         &mut out,
     )

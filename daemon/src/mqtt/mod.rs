@@ -40,7 +40,8 @@ use crate::config::{CodeFormat, OverloadPolicy, ValidSettings};
 use crate::metrics::{now_ms, LogLimiter, Metrics};
 use crate::outbox::Outbox;
 use crate::wire::{
-    decode_payload, CodeMessage, OutboundEvent, Reading, StatusMessage, TopicTemplate,
+    decode_payload_stamped, CodeMessage, OutboundEvent, Reading, StatusMessage, TopicTemplate,
+    TsSource, MAX_KEY_BYTES,
 };
 use crate::worker::{Dispatch, Workers};
 
@@ -343,6 +344,9 @@ enum NotPublished {
     Disconnected,
     /// The client's request queue is full.
     QueueFull,
+    /// The client can never send it (see [`publishable`]): retrying would block every event
+    /// behind it, so the caller drops it.
+    Invalid,
     /// Publishes lost with the previous session are not back in the outbox's line yet;
     /// sending anything first would put newer events before them.
     LostPending,
@@ -400,6 +404,11 @@ impl Link {
         if !s.tracker.lost.is_empty() {
             return Err(NotPublished::LostPending);
         }
+        if !publishable(&topic) {
+            return Err(NotPublished::Invalid);
+        }
+        // With the topic valid, the client refuses only when its request queue is full (or
+        // its event loop is gone, which ends the daemon anyway).
         client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
             .map_err(|_| NotPublished::QueueFull)?;
@@ -610,19 +619,17 @@ impl Ingest {
         let token = (p.qos != QoS::AtMostOnce && manual_acks(&self.settings))
             .then(|| self.acker.register(p.pkid));
         let now = now_ms();
-        let Some(key) = self.template.read().expect("template lock").key(&p.topic) else {
-            Metrics::inc(&m.unknown_topics);
-            if let Some(held) = TOPIC_LOG.allow(now) {
-                tracing::warn!(
-                    topic = %p.topic,
-                    suppressed = held,
-                    "topic does not match topics.template; skipped"
-                );
-            }
+        let key = sensor_key(
+            &self.template.read().expect("template lock"),
+            &p.topic,
+            m,
+            now,
+        );
+        let Some(key) = key else {
             self.ack_now(token);
             return None;
         };
-        let (ts_ms, channels) = match decode_payload(
+        let (ts_ms, ts_source, channels) = match decode_payload_stamped(
             &p.payload,
             now,
             &self.settings.payload_limits(),
@@ -645,6 +652,7 @@ impl Ingest {
             },
             dup: p.dup,
             ack: token,
+            arrival_ts: ts_source == TsSource::Arrival,
         };
         let guard = self.workers.lock().expect("workers lock");
         let Some(workers) = guard.as_ref() else {
@@ -679,6 +687,49 @@ impl Ingest {
     }
 }
 
+static KEY_LOG: LogLimiter = LogLimiter::new(10_000);
+
+/// The sensor key of `topic`, or `None` (counted, logged at a limited rate) when the topic
+/// does not match the template or its key is longer than [`MAX_KEY_BYTES`].
+fn sensor_key(template: &TopicTemplate, topic: &str, m: &Metrics, now: i64) -> Option<String> {
+    let Some(key) = template.key(topic) else {
+        Metrics::inc(&m.unknown_topics);
+        if let Some(held) = TOPIC_LOG.allow(now) {
+            tracing::warn!(
+                topic = %topic,
+                suppressed = held,
+                "topic does not match topics.template; skipped"
+            );
+        }
+        return None;
+    };
+    if key.len() > MAX_KEY_BYTES {
+        Metrics::inc(&m.oversized_keys);
+        if let Some(held) = KEY_LOG.allow(now) {
+            // The first bytes only: the topic itself may be 64 KiB.
+            let start: String = key.chars().take(64).collect();
+            tracing::warn!(
+                key_start = %start,
+                key_bytes = key.len(),
+                max = MAX_KEY_BYTES,
+                suppressed = held,
+                "sensor key longer than the limit; skipped"
+            );
+        }
+        return None;
+    }
+    Some(key)
+}
+
+/// MQTT writes a topic's length as a u16; rumqttc truncates a longer one silently.
+pub const MAX_TOPIC_BYTES: usize = u16::MAX as usize;
+
+/// Whether the client can send a PUBLISH on `topic`: rumqttc refuses wildcards (with the
+/// same error as a full queue) and silently truncates topics beyond [`MAX_TOPIC_BYTES`].
+fn publishable(topic: &str) -> bool {
+    topic.len() <= MAX_TOPIC_BYTES && rumqttc::valid_topic(topic)
+}
+
 /// How long the publisher waits before it tries again when the client's request queue was
 /// full.
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(5);
@@ -707,7 +758,7 @@ pub async fn publish_outbound(
     let online = StatusMessage::new(&node, true, started_at_ms).to_json();
     let mut status_on: Option<u64> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
-    let spooled = !settings.settings.output.buffer.file.is_empty();
+    let spooled = outbox.is_spooled();
     Metrics::set(&metrics.events_buffered, outbox.len() as u64);
     loop {
         // Registered before the link is looked at, so no change in between is missed.
@@ -725,7 +776,13 @@ pub async fn publish_outbound(
             if status_on != Some(conn) {
                 let topic = status_topic(&settings);
                 sent = link.try_publish(&client, conn, Tag::Status, topic, true, online.clone());
-                if sent.is_ok() {
+                if sent == Err(NotPublished::Invalid) {
+                    // Never sendable (topics.prefix / node.id make it so): go on without it.
+                    Metrics::inc(&metrics.invalid_publishes);
+                    tracing::error!("status topic is not a valid MQTT topic; status not published");
+                    sent = Ok(());
+                    status_on = Some(conn);
+                } else if sent.is_ok() {
                     status_on = Some(conn);
                 }
             }
@@ -815,11 +872,32 @@ fn publish_window(
         let started = Instant::now();
         let tag = Tag::Event(entry.id);
         let (retain, body) = (entry.event.retain(), entry.event.payload());
-        link.try_publish(client, conn, tag, topic, retain, body)?;
+        match link.try_publish(client, conn, tag, topic, retain, body) {
+            Ok(()) => {}
+            Err(NotPublished::Invalid) => {
+                // Retrying would keep it the oldest event forever and hold back every other.
+                let (id, key) = (entry.id, entry.event.key().to_string());
+                drop_invalid_event(outbox, id, &key, metrics);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         metrics.latency.publish_event.observe(started.elapsed());
         entry.in_flight = true;
     }
     Ok(())
+}
+
+/// Removes an event the client can never send (its topic is invalid) from the outbox, counted.
+fn drop_invalid_event(outbox: &mut Outbox, id: u64, key: &str, metrics: &Metrics) {
+    Metrics::inc(&metrics.invalid_publishes);
+    Metrics::inc(&metrics.dropped_events);
+    let key_start: String = key.chars().take(64).collect();
+    tracing::error!(key_start = %key_start, key_bytes = key.len(), "event topic is not a valid MQTT topic (longer than 65 535 bytes?); event dropped");
+    if let Err(e) = outbox.complete(id) {
+        tracing::error!(error = %e, "cannot record a dropped event in the spool file");
+    }
+    Metrics::set(&metrics.events_buffered, outbox.len() as u64);
 }
 
 /// Takes the publishes the broker acknowledged out of the outbox (by id: PUBACKs come in any
@@ -888,13 +966,14 @@ fn try_publish_code(
     code: &CodeMessage,
     metrics: &Metrics,
 ) {
+    let topic = code_topic(settings, &code.key);
+    if !publishable(&topic) {
+        Metrics::inc(&metrics.invalid_publishes);
+        Metrics::inc(&metrics.dropped_codes);
+        return;
+    }
     let body = encode_code(code, settings.settings.output.codes.format);
-    match client.try_publish(
-        code_topic(settings, &code.key),
-        QoS::AtMostOnce,
-        false,
-        body,
-    ) {
+    match client.try_publish(topic, QoS::AtMostOnce, false, body) {
         Ok(()) => Metrics::inc(&metrics.codes_published),
         Err(_) => Metrics::inc(&metrics.dropped_codes),
     }
@@ -1144,5 +1223,74 @@ mod tests {
         let (_, lost) = link.take_settled();
         assert_eq!(lost, [Tag::Event(1)]);
         assert_eq!(publish(), Ok(()));
+    }
+
+    /// A topic whose key would make outgoing topics too long for MQTT is refused at ingest
+    /// under its own counter; a key at the limit is taken.
+    #[test]
+    fn sensor_keys_longer_than_the_limit_are_refused_and_counted() {
+        let t = TopicTemplate::parse("sensors/{site}/{sensor}").unwrap();
+        let m = Metrics::default();
+        let long = format!("sensors/s/{}", "x".repeat(65_520));
+        assert_eq!(sensor_key(&t, &long, &m, 0), None);
+        assert_eq!(m.snapshot().oversized_keys, 1);
+        assert_eq!(m.snapshot().unknown_topics, 0);
+        // "s/" + 254 bytes: exactly MAX_KEY_BYTES.
+        let at_limit = format!("sensors/s/{}", "y".repeat(MAX_KEY_BYTES - 2));
+        let key = sensor_key(&t, &at_limit, &m, 0).expect("a key at the limit is taken");
+        assert_eq!(key.len(), MAX_KEY_BYTES);
+        let over = format!("sensors/s/{}", "y".repeat(MAX_KEY_BYTES - 1));
+        assert_eq!(sensor_key(&t, &over, &m, 0), None);
+        assert_eq!(sensor_key(&t, "other/s/x", &m, 0), None);
+        let s = m.snapshot();
+        assert_eq!((s.oversized_keys, s.unknown_topics), (2, 1));
+    }
+
+    /// rumqttc answers an invalid publish and a full queue with the same error; the link
+    /// tells them apart, so only a full queue is retried.
+    #[test]
+    fn invalid_publishes_are_told_apart_from_a_full_queue() {
+        let (client, _eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 1);
+        let link = Link::default();
+        link.on_connect(false);
+        let conn = link.current().expect("connected");
+        let publish =
+            |topic: String| link.try_publish(&client, conn, Tag::Event(1), topic, false, vec![1]);
+        assert_eq!(
+            publish("t/".to_string() + &"x".repeat(MAX_TOPIC_BYTES)),
+            Err(NotPublished::Invalid)
+        );
+        assert_eq!(publish("t/#".into()), Err(NotPublished::Invalid));
+        assert_eq!(publish("x".repeat(MAX_TOPIC_BYTES)), Ok(()));
+        assert_eq!(publish("t/y".into()), Err(NotPublished::QueueFull));
+    }
+
+    /// An event whose topic is too long for MQTT is dropped and counted, and the events
+    /// behind it still go out: before, it stayed the oldest event and was retried forever.
+    #[test]
+    fn an_unpublishable_event_is_dropped_and_the_next_goes_out() {
+        let settings = crate::config::load(crate::config::Source::Default).unwrap();
+        let (client, _eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 8);
+        let link = Link::default();
+        link.on_connect(false);
+        let conn = link.current().expect("connected");
+        let metrics = Metrics::default();
+        let mut outbox = Outbox::in_memory(8);
+        for key in [
+            "k/".to_string() + &"x".repeat(MAX_TOPIC_BYTES),
+            "k/ok".into(),
+        ] {
+            let ev = crate::wire::NoDataMessage::new("n", &key, true, 0, 1_000, 1);
+            outbox.push(OutboundEvent::NoData(ev), Some(conn)).unwrap();
+        }
+        let sent = publish_window(&settings, &client, &link, conn, &mut outbox, &metrics);
+        assert_eq!(sent, Ok(()));
+        assert_eq!(outbox.len(), 1);
+        let front = outbox
+            .front()
+            .expect("the valid event stays until its PUBACK");
+        assert_eq!((front.event.key(), front.in_flight), ("k/ok", true));
+        let s = metrics.snapshot();
+        assert_eq!((s.invalid_publishes, s.dropped_events), (1, 1));
     }
 }

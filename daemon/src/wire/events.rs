@@ -13,7 +13,9 @@ pub struct AnomalyMessage {
     pub schema: u32,
     pub node: String,
     pub key: String,
-    /// Per-key sequence number, 1 for the key's first incident.
+    /// Per-key sequence number, 1 for the key's first incident. Not unique across an unclean
+    /// stop (restored from the last checkpoint); subscribers deduplicate on node, key,
+    /// `window_start_ms` and `window_end_ms`.
     pub seq: u64,
     pub window_start_ms: i64,
     pub window_end_ms: i64,

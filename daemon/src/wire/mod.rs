@@ -11,6 +11,7 @@ pub use events::{
     AnomalyMessage, CodeMessage, NoDataMessage, OutboundEvent, StatusMessage, SCHEMA_VERSION,
 };
 pub use payload::{
-    decode_payload, PayloadError, PayloadErrorKind, PayloadLimits, Reading, MAX_ABS_VALUE,
+    decode_payload, decode_payload_stamped, PayloadError, PayloadErrorKind, PayloadLimits, Reading,
+    TsSource, MAX_ABS_VALUE,
 };
-pub use topic::TopicTemplate;
+pub use topic::{TopicTemplate, MAX_KEY_BYTES};

@@ -150,6 +150,27 @@ pub fn decode_payload(
     arrival_ms: i64,
     limits: &PayloadLimits,
 ) -> Result<(i64, Vec<(String, f64)>), PayloadError> {
+    decode_payload_stamped(payload, arrival_ms, limits).map(|(ts, _, channels)| (ts, channels))
+}
+
+/// Where a decoded reading's timestamp comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsSource {
+    /// The payload's `ts`.
+    Payload,
+    /// The payload had none (a bare number, no `ts`, `"ts": null`): the arrival time.
+    Arrival,
+}
+
+/// A decoded payload: timestamp, where it comes from, channels sorted by name.
+pub type Stamped = (i64, TsSource, Vec<(String, f64)>);
+
+/// [`decode_payload`], also saying whether the timestamp is the arrival time.
+pub fn decode_payload_stamped(
+    payload: &[u8],
+    arrival_ms: i64,
+    limits: &PayloadLimits,
+) -> Result<Stamped, PayloadError> {
     if payload.len() > limits.max_bytes {
         return Err(PayloadError::TooLarge(payload.len()));
     }
@@ -158,7 +179,11 @@ pub fn decode_payload(
     if !trimmed.starts_with('{') {
         let v: f64 = trimmed.parse().map_err(|_| PayloadError::NotJsonOrNumber)?;
         let v = in_range("value", v)?;
-        return Ok((arrival_ms, vec![("value".to_string(), v)]));
+        return Ok((
+            arrival_ms,
+            TsSource::Arrival,
+            vec![("value".to_string(), v)],
+        ));
     }
     let max_channels = limits.max_channels.min(MAX_CHANNELS);
     let mut refusal = None;
@@ -175,9 +200,12 @@ pub fn decode_payload(
         (Ok(p), None) => p,
         (Err(e), None) => return Err(json_error(&e)),
     };
-    let ts = match p.ts {
-        None => arrival_ms,
-        Some(ts) => check_skew(timestamp(ts)?, arrival_ms, limits)?,
+    let (ts, source) = match p.ts {
+        None => (arrival_ms, TsSource::Arrival),
+        Some(ts) => (
+            check_skew(timestamp(ts)?, arrival_ms, limits)?,
+            TsSource::Payload,
+        ),
     };
     let channels = match (p.value, p.values) {
         (Some(_), Some(_)) => return Err(PayloadError::BothValueAndValues),
@@ -194,7 +222,7 @@ pub fn decode_payload(
             channels
         }
     };
-    Ok((ts, channels))
+    Ok((ts, source, channels))
 }
 
 /// serde_json's own refusals; a number beyond f64 (`1e400`) is an out-of-range value.

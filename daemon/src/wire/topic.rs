@@ -1,6 +1,16 @@
 //! Topic templates such as `sensors/{site}/{sensor}`: each `{name}` matches one topic level,
 //! every other level must match literally. The sensor key is the matched levels joined by '/'.
 
+/// Longest sensor key the daemon takes, in bytes; a topic whose key is longer is refused at
+/// ingest and counted (`oversized_keys`). The key becomes the last levels of every outgoing
+/// topic (`<prefix>/<node>/anomaly/<key>`, `…/code/<key>`, `…/nodata/<key>`), whose length MQTT
+/// writes as a u16: without a bound, a topic of ~65 500 bytes would make those longer than
+/// 65 535 bytes, which rumqttc truncates silently (a garbage retained message on a wrong topic,
+/// then a reconnect loop). 256 bytes holds any `site/device/sensor` hierarchy with room to
+/// spare, keeps log lines, checkpoints and metrics labels small, and leaves the prefix and node
+/// id almost all of the 65 535.
+pub const MAX_KEY_BYTES: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Level {
     Literal(String),

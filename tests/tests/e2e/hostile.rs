@@ -160,3 +160,55 @@ fn hostile_payloads_are_refused_and_counted_by_kind() {
     assert_eq!(s.get("out_of_order"), 0, "{}", s.line);
     assert_eq!(daemon.stop().expect("stop").code(), Some(0));
 }
+
+/// A topic whose sensor key is 65 400 bytes: valid for the broker, but the key would make the
+/// daemon's own topics (`<prefix>/<node>/nodata/<key>`, …) longer than MQTT's 65 535 bytes,
+/// which rumqttc truncates silently (a garbage retained message on a wrong topic, then a
+/// reconnect loop). Proves the key is refused and counted (`oversized_keys`, not a stream),
+/// the next key is taken, and the daemon's one stream going silent publishes its no-data event
+/// without the connection ever failing.
+#[test]
+fn a_key_too_long_for_outgoing_topics_is_refused_and_counted() {
+    let broker = Mosquitto::start().expect("start mosquitto");
+    let mut config = TestConfig::new("long-key", broker.port());
+    config.extra = "[streams]\nno_data_after_secs = 1\n".to_string();
+    let mut daemon = start_online(&config);
+    let mut client = TestClient::connect(broker.port(), &format!("{}-pub", config.node_id))
+        .expect("connect publisher");
+    let long = config.input_topic(&format!("site/{}", "k".repeat(65_400)));
+    client
+        .publish(&long, format!("{{\"ts\":{T0_MS},\"value\":1}}"))
+        .expect("publish");
+    client
+        .publish(
+            &config.input_topic("site/ok"),
+            format!("{{\"ts\":{T0_MS},\"value\":1}}"),
+        )
+        .expect("publish");
+    client.flush().expect("broker acknowledged every message");
+    let s = daemon
+        .wait_for_summary(TIMEOUT, |s| {
+            s.get("messages") >= 2 && s.get("samples") >= 1 && s.get("nodata") >= 1
+        })
+        .unwrap_or_else(|| panic!("not handled; last: {:?}", daemon.last_summary()));
+    assert_eq!(s.get("oversized_keys"), 1, "{}", s.line);
+    assert_eq!(s.get("unknown_topics"), 0, "{}", s.line);
+    assert_eq!(s.get("streams"), 1, "{}", s.line);
+    assert_eq!(
+        s.get("nodata"),
+        1,
+        "only the valid key is a stream: {}",
+        s.line
+    );
+    let s = daemon
+        .wait_for_summary(TIMEOUT, |s| s.get("events") >= 1)
+        .unwrap_or_else(|| {
+            panic!(
+                "no-data event not acknowledged; last: {:?}",
+                daemon.last_summary()
+            )
+        });
+    assert_eq!(s.get("reconnects"), 0, "{}", s.line);
+    assert!(daemon.is_running(), "the daemon died:\n{}", daemon.output());
+    assert_eq!(daemon.stop().expect("stop").code(), Some(0));
+}

@@ -41,6 +41,28 @@ fn accepts_the_three_formats() {
     );
 }
 
+/// The worker moves arrival-time timestamps past the stream's last one, so it must know which
+/// timestamps are arrival times, including one that equals a payload's `ts`.
+#[test]
+fn says_whether_the_timestamp_is_the_arrival_time() {
+    let source = |s: &str| {
+        decode_payload_stamped(s.as_bytes(), ARRIVAL, &limits(1024))
+            .unwrap()
+            .1
+    };
+    assert_eq!(source("1.5"), TsSource::Arrival);
+    assert_eq!(source(r#"{"value": 3}"#), TsSource::Arrival);
+    assert_eq!(
+        source(r#"{"ts": null, "values": {"a": 1}}"#),
+        TsSource::Arrival
+    );
+    assert_eq!(source(r#"{"ts": 1000, "value": 3}"#), TsSource::Payload);
+    assert_eq!(
+        source(r#"{"ts": "1970-01-01T00:00:01Z", "value": 3}"#),
+        TsSource::Payload
+    );
+}
+
 #[test]
 fn refuses_bad_payloads_with_a_reason() {
     use PayloadErrorKind as K;
