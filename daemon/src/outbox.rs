@@ -138,29 +138,24 @@ impl Outbox {
             fsync: settings.fsync,
         });
         // Start from a compact file: only what is still undelivered. A failure here (a full
-        // disk) must not stop the daemon from starting: it goes on appending to the file as it
-        // is (still a valid spool file; the next compaction, when the file reaches its bound,
-        // tries again), or keeps events in memory only if even that file cannot be reopened.
+        // disk) must not stop the daemon from starting: it keeps this run's events in memory
+        // only and leaves the file as it was. Appending to the uncompacted file would be
+        // wrong twice: a torn last line (a crash mid-write) would swallow the next record, and
+        // the events `load` skipped above the capacity, still pending in the file, would come
+        // back at a later start after newer ones. Left alone, the file is loaded again at the
+        // next start; what this run delivers from it may then be delivered once more (flagged
+        // `delayed`: at least once).
         if let Err(e) = outbox.compact() {
             outbox.start_compaction_failed = true;
             let spool = outbox.spool.take().expect("spool set above");
             let _ = std::fs::remove_file(spool.path.with_extension("compacting"));
-            match OpenOptions::new().append(true).open(&spool.path) {
-                Ok(file) => {
-                    let len = file.metadata().map_or(spool.len, |m| m.len());
-                    tracing::error!(path = %spool.path.display(), error = %e, "cannot compact the outbox spool file at start; appending to it as it is");
-                    outbox.spool = Some(Spool { file, len, ..spool });
-                }
-                Err(reopen) => {
-                    tracing::error!(path = %spool.path.display(), error = %e, reopen_error = %reopen, "cannot compact or reopen the outbox spool file at start; events are kept in memory only");
-                }
-            }
+            tracing::error!(path = %spool.path.display(), error = %e, "cannot compact the outbox spool file at start; it is left as it is and this run keeps events in memory only");
         }
         Ok((outbox, n))
     }
 
     /// Whether the compaction of the spool file at [`Outbox::open`] failed (logged there; the
-    /// outbox then appends to the file as it was, or keeps events in memory only).
+    /// file is then left as it was and the outbox keeps events in memory only).
     pub fn start_compaction_failed(&self) -> bool {
         self.start_compaction_failed
     }
@@ -465,7 +460,7 @@ mod tests {
     /// taken by a directory, so creating it fails) does not fail the start: the outbox
     /// appends to the spool file as it was, and nothing in it is lost.
     #[test]
-    fn a_failed_compaction_at_start_keeps_the_spool_file_and_appends_to_it() {
+    fn a_failed_compaction_at_start_leaves_the_spool_file_and_runs_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path(), 10, 1 << 20);
         {
@@ -475,23 +470,29 @@ mod tests {
             }
             o.pop_front().unwrap(); // "a" acknowledged
         }
-        let before = std::fs::read_to_string(&s.file).unwrap();
-        assert_eq!(before.lines().count(), 3, "add a, add b, done a: {before}");
+        // A crash mid-write left a torn last line.
+        let mut torn = std::fs::read_to_string(&s.file).unwrap();
+        assert_eq!(torn.lines().count(), 3, "add a, add b, done a: {torn}");
+        torn.push_str("{\"add\":9,\"ev");
+        std::fs::write(&s.file, &torn).unwrap();
         let blocker = Path::new(&s.file).with_extension("compacting");
         std::fs::create_dir(&blocker).unwrap();
         let (mut o, restored) = Outbox::open(&s).expect("a failed compaction is not fatal");
         assert_eq!(restored, 1);
         assert!(o.start_compaction_failed());
-        assert!(o.is_spooled());
-        assert_eq!(o.file_len(), before.len() as u64);
+        assert!(!o.is_spooled(), "this run keeps events in memory only");
+        // Nothing is appended after the torn line, so no record is glued onto it.
         o.push(event("c"), None).unwrap();
+        o.pop_front().unwrap(); // "b" delivered in this run
         drop(o);
+        assert_eq!(std::fs::read_to_string(&s.file).unwrap(), torn);
         std::fs::remove_dir(&blocker).unwrap();
+        // The next start loads the file as it was: "b" again (at least once), flagged delayed.
         let (o, restored) = Outbox::open(&s).unwrap();
         assert!(!o.start_compaction_failed());
-        assert_eq!(restored, 2);
+        assert_eq!(restored, 1);
         let keys: Vec<_> = o.items.iter().map(|e| e.event.key().to_string()).collect();
-        assert_eq!(keys, ["b", "c"]);
+        assert_eq!(keys, ["b"]);
     }
 
     /// The publish of the front event waits for its PUBACK while new events arrive; the spool
