@@ -306,3 +306,45 @@ fn plots_are_written() {
     );
     assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
 }
+
+/// As the daemon: payloads without a timestamp that arrived within one millisecond (a
+/// backlog) are all taken, stamped 1 ms apart, and a sensor key over the 256-byte limit is
+/// skipped with its reason, not turned into a stream.
+#[test]
+fn timestamp_less_bursts_and_oversized_keys_replay_as_the_daemon_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("burst.jsonl");
+    let mut text = String::new();
+    for i in 0..100 {
+        let line = serde_json::json!({
+            "time_ms": 1_767_600_000_000i64 + (i / 10),
+            "topic": "sensors/plant1/pump1",
+            "qos": 1,
+            "payload": format!("{}", (i as f64 * 0.3).sin()),
+        });
+        text.push_str(&format!("{line}\n"));
+    }
+    let long = serde_json::json!({
+        "time_ms": 1_767_600_000_100i64,
+        "topic": format!("sensors/plant1/{}", "k".repeat(300)),
+        "qos": 1,
+        "payload": "1.0",
+    });
+    text.push_str(&format!("{long}\n"));
+    std::fs::write(&rec, text).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let r = replay_ok(&rec, &out, &[]);
+    let err = stderr(&r);
+    assert!(
+        err.contains("100 samples") && err.contains("0 out of order"),
+        "{err}"
+    );
+    assert!(
+        err.contains("burst.jsonl:101: skipped") && err.contains("longer than the 256-byte limit"),
+        "{err}"
+    );
+    // Windows of 32 at hop 4 over 100 samples: 18 codes, all of the one stream.
+    let codes = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(codes.lines().count(), 18, "{codes}");
+    assert!(codes.lines().all(|l| l.contains("code/plant1/pump1")));
+}

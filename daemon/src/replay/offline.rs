@@ -23,7 +23,7 @@ use sparsewatch_dsp::{Pipeline, PushOutcome, Sample};
 use super::input::{Recording, Skip};
 use crate::config::ValidSettings;
 use crate::mqtt::{anomaly_topic, code_topic};
-use crate::wire::{decode_payload, AnomalyMessage, CodeMessage};
+use crate::wire::{decode_payload_stamped, AnomalyMessage, CodeMessage, TsSource, MAX_KEY_BYTES};
 
 /// One output line.
 #[derive(Serialize)]
@@ -125,12 +125,21 @@ pub fn run(
             ));
             continue;
         };
-        let decoded = decode_payload(
+        if key.len() > MAX_KEY_BYTES {
+            // As the daemon refuses it at ingest (`oversized_keys`).
+            c.skipped += 1;
+            skip(format!(
+                "key of {} bytes, longer than the {MAX_KEY_BYTES}-byte limit",
+                key.len()
+            ));
+            continue;
+        }
+        let decoded = decode_payload_stamped(
             r.msg.payload.as_bytes(),
             r.msg.time_ms,
             &settings.payload_limits(),
         );
-        let (ts, channels) = match decoded {
+        let (ts, source, channels) = match decoded {
             Ok(v) => v,
             Err(e) => {
                 c.skipped += 1;
@@ -160,6 +169,12 @@ pub fn run(
             order.push(key.clone());
         }
         let stream = streams.get_mut(&key).expect("stream exists");
+        // A payload without a timestamp takes its arrival time, moved past the stream's last
+        // timestamp, as the daemon's worker stamps it.
+        let ts = match source {
+            TsSource::Arrival => crate::worker::arrival_stamp(ts, stream.pipeline.last_ts()),
+            TsSource::Payload => ts,
+        };
         let t = &mut stream.trace;
         let same_layout = t.channel_names.len() == channels.len()
             && t.channel_names
