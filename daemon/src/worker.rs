@@ -467,6 +467,14 @@ impl Worker {
     /// Takes over a stream from a checkpoint (counted like a new stream, within
     /// `max_streams`).
     fn restore(&mut self, r: StreamRecord) {
+        if r.key.len() > crate::wire::MAX_KEY_BYTES {
+            // A stream from before the key limit: it can take no more samples, and its events
+            // could not be published; it would only hold a `max_streams` slot.
+            Metrics::inc(&self.ctx.metrics.oversized_keys);
+            let start: String = r.key.chars().take(64).collect();
+            tracing::warn!(key_start = %start, key_bytes = r.key.len(), "restored stream dropped: its key is longer than the limit");
+            return;
+        }
         let count = &self.ctx.stream_count;
         if count.fetch_add(1, Ordering::Relaxed) >= self.ctx.max_streams {
             count.fetch_sub(1, Ordering::Relaxed);
@@ -967,6 +975,33 @@ mod tests {
         };
         assert_eq!((m.key.as_str(), m.active), ("quiet", false));
         assert_eq!(metrics.snapshot().nodata_cleared, 1);
+    }
+
+    /// A stream restored from before the key limit, with a key over it, is dropped and
+    /// counted: it could take no sample and publish no event, and would hold a slot.
+    #[test]
+    fn a_restored_stream_with_a_key_over_the_limit_is_dropped() {
+        let (c, _rx) = ctx(10);
+        let mut w = Worker::new(c);
+        let long = "k".repeat(crate::wire::MAX_KEY_BYTES + 1);
+        w.handle(reading("ok", 0, 0.0));
+        w.handle(reading(&long, 0, 0.0));
+        let records: Vec<StreamRecord> = w
+            .encode_all()
+            .iter()
+            .map(|b| ciborium::from_reader(b.as_slice()).unwrap())
+            .collect();
+        assert_eq!(records.len(), 2);
+        let (c, _rx) = ctx(10);
+        let metrics = c.metrics.clone();
+        let mut w = Worker::new(c);
+        for r in records {
+            w.restore(r);
+        }
+        assert_eq!(w.streams.len(), 1);
+        assert!(w.streams.contains_key("ok"));
+        let snap = metrics.snapshot();
+        assert_eq!((snap.oversized_keys, snap.streams), (1, 1));
     }
 
     /// A record written before `silent` existed still loads, as a stream that is not silent.

@@ -82,7 +82,7 @@ pub fn options(v: &ValidSettings, started_at_ms: i64) -> MqttOptions {
     o.set_clean_session(!s.mqtt.persistent_session);
     o.set_manual_acks(manual_acks(v));
     o.set_inflight(CLIENT_INFLIGHT);
-    let max_packet = s.mqtt.max_payload_bytes + PACKET_OVERHEAD;
+    let max_packet = max_packet(v);
     o.set_max_packet_size(max_packet, max_packet);
     let offline = StatusMessage::new(&s.node.id, false, started_at_ms).to_json();
     o.set_last_will(LastWill::new(
@@ -730,6 +730,19 @@ fn publishable(topic: &str) -> bool {
     topic.len() <= MAX_TOPIC_BYTES && rumqttc::valid_topic(topic)
 }
 
+/// The largest packet the client sends or takes (`max_payload_bytes` + [`PACKET_OVERHEAD`]).
+fn max_packet(v: &ValidSettings) -> usize {
+    v.settings.mqtt.max_payload_bytes + PACKET_OVERHEAD
+}
+
+/// Whether a QoS 1 PUBLISH of `topic` with `payload_len` bytes fits `max_packet`: rumqttc
+/// refuses a larger one with an error that drops the connection, and the same event would
+/// then be refused again after every reconnect. Fixed header (1 + up to 4 bytes of remaining
+/// length), topic length and topic, packet id, payload.
+fn fits_packet(topic: &str, payload_len: usize, max_packet: usize) -> bool {
+    1 + 4 + 2 + topic.len() + 2 + payload_len <= max_packet
+}
+
 /// How long the publisher waits before it tries again when the client's request queue was
 /// full.
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(5);
@@ -872,6 +885,11 @@ fn publish_window(
         let started = Instant::now();
         let tag = Tag::Event(entry.id);
         let (retain, body) = (entry.event.retain(), entry.event.payload());
+        if !fits_packet(&topic, body.len(), max_packet(settings)) {
+            let (id, key) = (entry.id, entry.event.key().to_string());
+            drop_invalid_event(outbox, id, &key, metrics);
+            continue;
+        }
         match link.try_publish(client, conn, tag, topic, retain, body) {
             Ok(()) => {}
             Err(NotPublished::Invalid) => {
@@ -888,12 +906,13 @@ fn publish_window(
     Ok(())
 }
 
-/// Removes an event the client can never send (its topic is invalid) from the outbox, counted.
+/// Removes an event the client can never send (its topic is invalid, or the packet is larger
+/// than the client sends) from the outbox, counted.
 fn drop_invalid_event(outbox: &mut Outbox, id: u64, key: &str, metrics: &Metrics) {
     Metrics::inc(&metrics.invalid_publishes);
     Metrics::inc(&metrics.dropped_events);
     let key_start: String = key.chars().take(64).collect();
-    tracing::error!(key_start = %key_start, key_bytes = key.len(), "event topic is not a valid MQTT topic (longer than 65 535 bytes?); event dropped");
+    tracing::error!(key_start = %key_start, key_bytes = key.len(), "event cannot be published (topic longer than 65 535 bytes or a wildcard, or the packet larger than max_payload_bytes + 64 KiB); event dropped");
     if let Err(e) = outbox.complete(id) {
         tracing::error!(error = %e, "cannot record a dropped event in the spool file");
     }
@@ -973,6 +992,11 @@ fn try_publish_code(
         return;
     }
     let body = encode_code(code, settings.settings.output.codes.format);
+    if !fits_packet(&topic, body.len(), max_packet(settings)) {
+        Metrics::inc(&metrics.invalid_publishes);
+        Metrics::inc(&metrics.dropped_codes);
+        return;
+    }
     match client.try_publish(topic, QoS::AtMostOnce, false, body) {
         Ok(()) => Metrics::inc(&metrics.codes_published),
         Err(_) => Metrics::inc(&metrics.dropped_codes),
@@ -1036,6 +1060,17 @@ impl TokenBucket {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn packets_larger_than_the_client_sends_are_told_apart() {
+        let v = crate::config::load_with_env(crate::config::Source::Default, Vec::new()).unwrap();
+        let max = max_packet(&v);
+        let topic = "sparsewatch/edge-1/nodata/plant1/pump1";
+        let room = max - (1 + 4 + 2 + topic.len() + 2);
+        assert!(fits_packet(topic, room, max));
+        assert!(!fits_packet(topic, room + 1, max));
+        assert!(fits_packet(topic, 200, max));
+    }
 
     #[test]
     fn token_bucket_limits_the_rate_and_refills() {
