@@ -227,10 +227,12 @@ fn decimate(points: &[(i64, f64)], clock: &Clock) -> Vec<(f64, f64)> {
 
 /// Whether the value axis from `y0` to `y1` needs [`compact_label`]: plotters writes every
 /// digit (`400000000.0`), which for large or tiny values does not fit the 70-pixel label area
-/// and runs into the axis title (NAB's ec2_disk_write_bytes, up to 4.6e8).
+/// and runs into the axis title (NAB's ec2_disk_write_bytes, up to 4.6e8). Only when the axis
+/// spans at least a tenth of its magnitude: three significant digits then tell its ticks
+/// apart, where a narrow axis (4.600e8 to 4.620e8) would get repeated labels.
 fn needs_compact_labels(y0: f64, y1: f64) -> bool {
     let m = y0.abs().max(y1.abs());
-    m >= 1e6 || (m > 0.0 && m < 1e-3)
+    ((y1 - y0).abs() >= 0.1 * m) && (m >= 1e6 || (m > 0.0 && m < 1e-3))
 }
 
 /// A tick value in scientific notation with at most three significant digits: `4e8`, `2.5e8`.
@@ -440,6 +442,9 @@ mod tests {
         assert!(needs_compact_labels(1e-5, 9e-4));
         assert!(!needs_compact_labels(0.0265, 0.0285));
         assert!(!needs_compact_labels(-1.0, 250.0));
+        // A narrow axis far from 0 keeps plotters' full labels: three digits would repeat.
+        assert!(!needs_compact_labels(4.600e8, 4.620e8));
+        assert!(!needs_compact_labels(1.0e-4, 1.001e-4));
         assert!(!needs_compact_labels(0.0, 0.0));
         assert_eq!(compact_label(4e8), "4e8");
         assert_eq!(compact_label(2.5e8), "2.5e8");
