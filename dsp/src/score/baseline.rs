@@ -117,7 +117,7 @@ const SURPRISE_DECADES: f64 = 10.0;
 pub struct BaselineScorer {
     params: BaselineParams,
     channels: usize,
-    /// Ring of feature vectors, `history` rows of `2·channels`.
+    /// Ring of feature vectors, `history` rows of `features()` (channel-major).
     ring: Vec<f64>,
     stored: usize,
     /// Features of the window scored last, kept so `learn` does not recompute them.
@@ -793,12 +793,23 @@ mod tests {
             let start = w * hop;
             let s = b.score(&view(&xs[start..start + len]));
             if (start..start + len).contains(&spike) {
-                holding.push(s.score);
+                // And it is the maximum that scores: its z-score is the largest.
+                let mut z = vec![0.0; b.features()];
+                b.feature_z(&mut z);
+                let top = (0..z.len())
+                    .max_by(|&i, &j| z[i].abs().total_cmp(&z[j].abs()))
+                    .unwrap();
+                holding.push((s.score, top));
             }
             b.learn();
         }
         assert_eq!(holding.len(), 8);
-        assert!(holding.iter().all(|&s| s >= 0.5), "{holding:?}");
+        assert!(
+            holding
+                .iter()
+                .all(|&(s, top)| s >= 0.5 && top == MAX_FEATURE),
+            "{holding:?}"
+        );
     }
 
     #[test]

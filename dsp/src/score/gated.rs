@@ -451,6 +451,13 @@ mod tests {
         assert_eq!((g.kept, g.memories()[0].input_bits()), (kept, bits));
         assert_eq!(g.memories()[0].learned(), 0);
         assert_eq!(g.reading().gate, 1.0, "an empty memory gates nothing");
+        // The baseline's feature count changing alone (its z-scores) triggers it too.
+        bursts(&mut g, 301, 301);
+        assert!(g.memories()[0].learned() > 0);
+        g.z.pop();
+        g.score(&view(&window(301, 4, 300.0)), false);
+        assert_eq!(g.memories()[0].learned(), 0);
+        assert_eq!(g.z.len(), g.baseline.features());
         // And it learns again from there.
         let r = bursts(&mut g, 501, 501);
         assert!(r[4..].iter().all(|r| r.gate < 0.1), "{r:?}");
