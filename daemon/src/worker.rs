@@ -936,6 +936,23 @@ mod tests {
         assert_eq!((s.nodata_raised, s.nodata_cleared), (1, 1));
     }
 
+    /// The records a checkpoint would hold for `w`'s streams, decoded.
+    fn checkpointed(w: &Worker) -> Vec<StreamRecord> {
+        w.encode_all()
+            .iter()
+            .map(|b| ciborium::from_reader(b.as_slice()).unwrap())
+            .collect()
+    }
+
+    /// A new worker with `records` restored into it, as at a start.
+    fn restored(c: WorkerContext, records: Vec<StreamRecord>) -> Worker {
+        let mut w = Worker::new(c);
+        for r in records {
+            w.restore(r);
+        }
+        w
+    }
+
     /// A stream whose no-data condition was raised when the checkpoint was written publishes
     /// the clear at its first sample after a restart; before, the flag was not in the record
     /// and the retained `"active": true` stayed forever.
@@ -950,20 +967,13 @@ mod tests {
         w.streams.get_mut("busy").unwrap().last_arrival_ms = t0 + 6_000;
         w.check_silence(t0 + 6_000, Duration::from_secs(5));
         assert!(matches!(rx.try_recv(), Ok(OutboundEvent::NoData(m)) if m.active));
-        let records: Vec<StreamRecord> = w
-            .encode_all()
-            .iter()
-            .map(|b| ciborium::from_reader(b.as_slice()).unwrap())
-            .collect();
+        let records = checkpointed(&w);
         assert_eq!(records.len(), 2);
 
         let (mut c, mut rx) = ctx(10);
         c.no_data_after = Some(Duration::from_secs(5));
         let metrics = c.metrics.clone();
-        let mut w = Worker::new(c);
-        for r in records {
-            w.restore(r);
-        }
+        let w = &mut restored(c, records);
         w.handle(reading("busy", 1, 1.0));
         assert!(
             rx.try_recv().is_err(),
@@ -986,18 +996,11 @@ mod tests {
         let long = "k".repeat(crate::wire::MAX_KEY_BYTES + 1);
         w.handle(reading("ok", 0, 0.0));
         w.handle(reading(&long, 0, 0.0));
-        let records: Vec<StreamRecord> = w
-            .encode_all()
-            .iter()
-            .map(|b| ciborium::from_reader(b.as_slice()).unwrap())
-            .collect();
+        let records = checkpointed(&w);
         assert_eq!(records.len(), 2);
         let (c, _rx) = ctx(10);
         let metrics = c.metrics.clone();
-        let mut w = Worker::new(c);
-        for r in records {
-            w.restore(r);
-        }
+        let w = &mut restored(c, records);
         assert_eq!(w.streams.len(), 1);
         assert!(w.streams.contains_key("ok"));
         let snap = metrics.snapshot();

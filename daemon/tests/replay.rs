@@ -21,13 +21,18 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Runs an offline replay of `input` into `out`, asserting success.
-fn replay_ok(input: &Path, out: &Path, extra: &[&str]) -> Output {
+/// Runs an offline replay of `input` into `out`.
+fn replay(input: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["replay", "--offline"];
     let (i, o) = (input.display().to_string(), out.display().to_string());
     args.extend([i.as_str(), "--out", o.as_str()]);
     args.extend(extra);
-    let r = sparsewatch(&args);
+    sparsewatch(&args)
+}
+
+/// Runs an offline replay of `input` into `out`, asserting success.
+fn replay_ok(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let r = replay(input, out, extra);
     assert!(r.status.success(), "replay failed: {}", stderr(&r));
     r
 }
@@ -262,15 +267,7 @@ fn a_plot_of_unknown_format_is_refused_up_front() {
     let input = repo().join("fixtures/pump-bearing.jsonl");
     let out = dir.path().join("o.jsonl");
     let plot = dir.path().join("p.gif");
-    let r = sparsewatch(&[
-        "replay",
-        "--offline",
-        &input.display().to_string(),
-        "--out",
-        &out.display().to_string(),
-        "--plot",
-        &plot.display().to_string(),
-    ]);
+    let r = replay(&input, &out, &["--plot", &plot.display().to_string()]);
     let err = stderr(&r);
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert!(
