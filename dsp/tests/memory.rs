@@ -334,6 +334,59 @@ fn deterministic_and_serde_round_trip() {
     assert_eq!(run(&mut a, 150, 300), run(&mut c, 150, 300));
 }
 
+/// A memory holds no weights and no index until it first learns: a fresh one is small, says
+/// every input is novel, and round-trips; the first write allocates the scoring bank (and
+/// the index) but not the younger bank, which waits for the older's half life; a state
+/// that held nothing comes back unallocated however it was written.
+#[test]
+fn weights_are_allocated_at_the_first_write() {
+    let (n, s) = (1024, 32);
+    let mut r = rng(9);
+    let mut mem = SdrMemory::new(params(32, 16, SaturationPolicy::Rotate), n, s);
+    let (fresh, full) = (mem.memory_bytes(), mem.memory_bytes_full());
+    // Two banks of U and its transpose (2 × 2 × 64 KiB) and the index dominate `full`.
+    assert!(fresh < 8 * 1024, "fresh memory {fresh} B");
+    assert!(full > 256 * 1024, "full memory {full} B");
+    let x = random_input(&mut r, n, s);
+    let mut recall = mem.new_recall();
+    mem.recognize(&x, &mut recall);
+    assert!(recall.is_coded());
+    assert_eq!((recall.familiarity, recall.precision), (0.0, 0.0));
+    assert_eq!(recall.novelty(), 1.0);
+    assert!(recall.best_match.is_none());
+    let json = serde_json::to_string(&mem).unwrap();
+    let back: SdrMemory = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, mem);
+    // (Less: the hot path's buffers are not state and are sized again on first use.)
+    assert!(back.memory_bytes() <= fresh);
+
+    assert!(matches!(mem.learn(&x, &recall), Learned::Stored { .. }));
+    let one_bank = mem.memory_bytes();
+    // All but the younger bank: its rows and their transpose, 2 × 512 cells × 1024 bits.
+    assert_eq!(full - one_bank, 2 * 512 * 1024 / 8);
+    mem.recognize(&x, &mut recall);
+    assert_eq!(recall.familiarity, 1.0);
+    assert_eq!(recall.best_match.map(|b| b.shared), Some(32));
+    // Past the half life the younger bank learns too: everything allocated.
+    while mem.shadow_fill() == Some(0.0) {
+        let x = random_input(&mut r, n, s);
+        mem.recognize(&x, &mut recall);
+        mem.learn(&x, &recall);
+    }
+    assert_eq!(mem.memory_bytes(), full);
+    // A state that was written out with its empty weights in full (as before lazy
+    // allocation) comes back equal and unallocated.
+    let empty = SdrMemory::new(params(32, 16, SaturationPolicy::Rotate), n, s);
+    let mut state: serde_json::Value = serde_json::to_value(&empty).unwrap();
+    for bank in state["banks"].as_array_mut().unwrap() {
+        bank["rows"] = serde_json::json!(vec![0u64; 512 * 16]);
+        bank.as_object_mut().unwrap().remove("cells");
+    }
+    let old: SdrMemory = serde_json::from_value(state).unwrap();
+    assert_eq!(old, empty);
+    assert!(old.memory_bytes() <= fresh);
+}
+
 /// Slot encoder → memory end to end: a learned code is familiar; the same shape with small
 /// coefficient noise is nearly so; an unrelated code is not.
 #[test]

@@ -23,9 +23,20 @@ use super::params::MemoryParams;
 /// set, so summing those π columns touches π·Q·K bits instead of the Q·K·N of a pass over
 /// the rows. `cols` is derived from `rows` (rebuilt when a state is deserialised), so the
 /// serialised form is unchanged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The weights are allocated at the bank's first write, not at construction: a bank that
+/// never stores anything (the younger bank until the older passes half its life; every
+/// channel of the gated detector that never sees a rare state) holds no weights, and an
+/// empty bank answers every query as "nothing stored" (u = 0, x̂ empty). Once, never per
+/// sample; a cleared bank keeps its allocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(from = "BankState", into = "BankState")]
 pub(crate) struct Bank {
+    /// Q·K, the cells (rows) once allocated.
+    cells: usize,
+    /// Whether the bank has temporal weights W_H (allocated with the rest).
+    temporal: bool,
+    /// Empty until the first write.
     rows: Vec<u64>,
     words: usize,
     /// The transpose: input bit j's cells at `cols[j·cell_words..(j + 1)·cell_words]`, for
@@ -50,8 +61,14 @@ pub(crate) struct Bank {
 /// The serialised form of a [`Bank`]: the fields it had before the transpose was added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct BankState {
+    /// Empty when the bank was never written or holds nothing (then `cells` says its size).
     rows: Vec<u64>,
     words: usize,
+    /// Absent in states saved before banks were allocated lazily (their `rows` were full).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    cells: usize,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    temporal: bool,
     set_bits: u64,
     learned: u64,
     born: Option<u64>,
@@ -66,15 +83,49 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
+fn is_zero_usize(v: &usize) -> bool {
+    *v == 0
+}
+
+/// Two banks are equal when they hold the same weights and counts: an empty bank equals one
+/// whose weights are allocated but all clear (what a cleared bank is, and how a restored
+/// one that held nothing comes back).
+impl PartialEq for Bank {
+    fn eq(&self, o: &Self) -> bool {
+        let empty = |b: &Bank| b.set_bits == 0 && b.horizontal_set == 0;
+        self.cells == o.cells
+            && self.words == o.words
+            && self.temporal == o.temporal
+            && self.set_bits == o.set_bits
+            && self.horizontal_set == o.horizontal_set
+            && self.learned == o.learned
+            && self.born == o.born
+            && ((empty(self) && empty(o))
+                || (self.rows == o.rows && self.horizontal == o.horizontal))
+    }
+}
+
 impl From<BankState> for Bank {
     fn from(s: BankState) -> Self {
-        let cells = s.rows.len().checked_div(s.words).unwrap_or(0);
-        let mut bank = Bank::new(cells, s.words, false);
-        bank.horizontal = s.horizontal;
+        let cells = match s.rows.len().checked_div(s.words) {
+            Some(n) if n > 0 => n,
+            _ => s.cells,
+        };
+        let temporal = s.temporal || !s.horizontal.is_empty();
+        let mut bank = Bank::new(cells, s.words, temporal);
         bank.horizontal_set = s.horizontal_set;
         bank.set_bits = s.set_bits;
         bank.learned = s.learned;
         bank.born = s.born;
+        if s.set_bits == 0 && s.horizontal_set == 0 {
+            // Nothing stored (older states wrote the empty weights out in full): stays
+            // unallocated until the next write.
+            return bank;
+        }
+        bank.allocate();
+        if !s.horizontal.is_empty() {
+            bank.horizontal = s.horizontal;
+        }
         bank.rows = s.rows;
         let (words, cw) = (bank.words, bank.cell_words);
         for (cell, row) in bank.rows.chunks_exact(words.max(1)).enumerate() {
@@ -88,13 +139,16 @@ impl From<BankState> for Bank {
 
 impl From<Bank> for BankState {
     fn from(b: Bank) -> Self {
+        let empty = b.set_bits == 0 && b.horizontal_set == 0;
         Self {
-            rows: b.rows,
+            rows: if empty { Vec::new() } else { b.rows },
             words: b.words,
+            cells: b.cells,
+            temporal: b.temporal,
             set_bits: b.set_bits,
             learned: b.learned,
             born: b.born,
-            horizontal: b.horizontal,
+            horizontal: if empty { Vec::new() } else { b.horizontal },
             horizontal_set: b.horizontal_set,
         }
     }
@@ -102,23 +156,37 @@ impl From<Bank> for BankState {
 
 impl Bank {
     /// A bank of `cells` cells for inputs of `words` words, with W_H if `temporal`.
+    /// Nothing is allocated until [`allocate`](Self::allocate) (the first write).
     pub(crate) fn new(cells: usize, words: usize, temporal: bool) -> Self {
-        let cell_words = words_for(cells);
         Self {
-            horizontal: if temporal {
-                vec![0; cells * cell_words]
-            } else {
-                Vec::new()
-            },
+            cells,
+            temporal,
+            horizontal: Vec::new(),
             horizontal_set: 0,
-            rows: vec![0; cells * words],
+            rows: Vec::new(),
             words,
-            cols: vec![0; words * 64 * cell_words],
-            cell_words,
+            cols: Vec::new(),
+            cell_words: words_for(cells),
             set_bits: 0,
             learned: 0,
             born: None,
         }
+    }
+
+    /// Allocates the weights (all clear) unless they are: once per bank.
+    pub(crate) fn allocate(&mut self) {
+        if self.is_allocated() {
+            return;
+        }
+        self.rows = vec![0; self.cells * self.words];
+        self.cols = vec![0; self.words * 64 * self.cell_words];
+        if self.temporal {
+            self.horizontal = vec![0; self.cells * self.cell_words];
+        }
+    }
+
+    pub(crate) fn is_allocated(&self) -> bool {
+        !self.rows.is_empty()
     }
 
     #[cfg(test)]
@@ -129,6 +197,10 @@ impl Bank {
     /// u_i = |U_i ∩ x| for every cell, from `active`, the set bits of x. The hot loop of the
     /// memory. `scratch`: 8 words per 64 cells.
     pub(crate) fn overlaps(&self, active: &[u16], scratch: &mut [u64], u: &mut [u16]) {
+        if !self.is_allocated() {
+            u.fill(0);
+            return;
+        }
         column_counts(&self.cols, self.cell_words, active, scratch, u);
     }
 
@@ -179,6 +251,7 @@ impl Bank {
         cells: usize,
         winners: &mut [u64],
     ) -> u64 {
+        self.allocate();
         let words = self.words;
         winners.fill(0);
         for (q, &k) in code.iter().enumerate() {
@@ -208,12 +281,17 @@ impl Bank {
     /// transpose of U (source j's targets as one bit column), so this is the same column-sum
     /// kernel as the bottom-up pass. `scratch`: 8 words per 64 cells.
     pub(crate) fn temporal_sums(&self, sources: &[u16], scratch: &mut [u64], h: &mut [u16]) {
+        if !self.is_allocated() {
+            h.fill(0);
+            return;
+        }
         column_counts(&self.horizontal, self.cell_words, sources, scratch, h);
     }
 
     /// `W_H[j][winner] = 1` for every source j in `prev` and every winner in `winners` (the
     /// bitset [`write`](Self::write) leaves); returns the weights newly set.
     pub(crate) fn write_temporal(&mut self, prev: &[u16], cells: usize, winners: &[u64]) -> u64 {
+        self.allocate();
         let cw = self.cell_words;
         let mut new = 0u64;
         for (q, &k) in prev.iter().enumerate() {
@@ -233,6 +311,10 @@ impl Bank {
     /// x̂ into `out` (`words` words): bit j set iff at least `need` (1..=Q) of the rows of
     /// the winners `code` (one per module of `cells` cells) have bit j.
     pub(crate) fn at_least(&self, code: &[u16], cells: usize, need: usize, out: &mut [u64]) {
+        if !self.is_allocated() {
+            out.fill(0);
+            return;
+        }
         // Counts reach Q, so ⌊log2 Q⌋ + 1 planes; Q ≤ 256 (checked parameters) needs ≤ 9.
         let planes = (usize::BITS - code.len().leading_zeros()) as usize;
         let f = match planes {
@@ -272,10 +354,10 @@ impl Bank {
 
     /// The share of set weights of W_H, None without temporal context.
     pub(crate) fn temporal_fill(&self) -> Option<f64> {
-        if self.horizontal.is_empty() {
+        if !self.temporal {
             return None;
         }
-        let cells = (self.horizontal.len() / self.cell_words) as f64;
+        let cells = self.cells as f64;
         Some(self.horizontal_set as f64 / (cells * cells))
     }
 
@@ -283,11 +365,19 @@ impl Bank {
         (self.rows.len() + self.cols.len() + self.horizontal.len()) * 8
     }
 
+    /// Heap bytes once allocated.
+    pub(crate) fn full_heap_bytes(&self) -> usize {
+        let horizontal = if self.temporal { self.cells } else { 0 };
+        (self.cells * self.words + (self.words * 64 + horizontal) * self.cell_words) * 8
+    }
+
     /// The transpose matches the rows (tests).
     #[cfg(test)]
     fn transpose_is_consistent(&self) -> bool {
-        let cells = self.rows.len() / self.words.max(1);
-        (0..cells).all(|cell| {
+        if !self.is_allocated() {
+            return self.cols.is_empty() && self.set_bits == 0;
+        }
+        (0..self.cells).all(|cell| {
             (0..self.words * 64).all(|j| {
                 let in_row = self.row(cell)[j / 64] >> (j % 64) & 1 == 1;
                 let in_col = self.cols[j * self.cell_words + cell / 64] >> (cell % 64) & 1 == 1;
@@ -694,6 +784,7 @@ mod tests {
                 .map(|_| rng.random_range(0..cells) as u16)
                 .collect();
             let mut bank = Bank::new(modules * cells, words, false);
+            bank.allocate();
             bank.rows.clone_from(&rows);
             for need in [1, modules.div_ceil(2), modules] {
                 let mut fast = vec![0u64; words];

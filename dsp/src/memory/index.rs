@@ -52,6 +52,8 @@ pub(crate) struct CodeIndex {
 }
 
 impl CodeIndex {
+    /// Nothing is allocated until the first [`store`](Self::store): a memory that never
+    /// learns (most channels of the gated detector) holds no index.
     pub(crate) fn new(capacity: usize, modules: usize, cells: usize) -> Self {
         let slot_words = words_for(capacity);
         Self {
@@ -59,18 +61,36 @@ impl CodeIndex {
             modules,
             cells,
             slot_words,
-            codes: vec![0; capacity * modules],
-            ids: vec![FREE; capacity],
-            stamps: vec![0; capacity],
-            postings: vec![0; modules * cells * slot_words],
+            codes: Vec::new(),
+            ids: Vec::new(),
+            stamps: Vec::new(),
+            postings: Vec::new(),
             last: None,
             last_valid: false,
             next_id: 0,
         }
     }
 
+    /// Allocates the slots (all free) unless they are: once, at the first store.
+    fn allocate(&mut self) {
+        if !self.ids.is_empty() {
+            return;
+        }
+        let (q, k) = (self.modules, self.cells);
+        self.codes = vec![0; self.capacity * q];
+        self.ids = vec![FREE; self.capacity];
+        self.stamps = vec![0; self.capacity];
+        self.postings = vec![0; q * k * self.slot_words];
+    }
+
     pub(crate) fn heap_bytes(&self) -> usize {
         self.codes.len() * 2 + (self.ids.len() + self.stamps.len() + self.postings.len()) * 8
+    }
+
+    /// Heap bytes once allocated.
+    pub(crate) fn full_heap_bytes(&self) -> usize {
+        let postings = self.modules * self.cells * self.slot_words;
+        self.capacity * self.modules * 2 + (2 * self.capacity + postings) * 8
     }
 
     /// Stored codes.
@@ -113,7 +133,10 @@ impl CodeIndex {
 
     #[inline(always)]
     fn nearest_body(&mut self, code: &[u16]) -> Option<(usize, usize)> {
-        if self.capacity == 0 {
+        if self.ids.is_empty() {
+            // Never stored anything (or capacity 0).
+            self.last = None;
+            self.last_valid = true;
             return None;
         }
         let planes = (usize::BITS - self.modules.leading_zeros()) as usize;
@@ -188,6 +211,7 @@ impl CodeIndex {
         if self.capacity == 0 {
             return false;
         }
+        self.allocate();
         let nearest = if same_as_last_query && self.last_valid {
             self.last
         } else {
@@ -233,7 +257,7 @@ impl CodeIndex {
 
     /// Drops the codes last learned before `stamp` (they are not in the scoring bank).
     pub(crate) fn evict_before(&mut self, stamp: u64) {
-        for slot in 0..self.capacity {
+        for slot in 0..self.ids.len() {
             if self.ids[slot] != FREE && self.stamps[slot] < stamp {
                 self.remove(slot);
             }
@@ -263,7 +287,7 @@ mod tests {
         };
         for stamp in 0..700u64 {
             let probe = random_code(&mut rng);
-            let brute = (0..capacity)
+            let brute = (0..ix.ids.len())
                 .filter(|&s| ix.ids[s] != FREE)
                 .map(|s| {
                     let shared = ix.codes[s * q..(s + 1) * q]

@@ -389,11 +389,24 @@ impl SdrMemory {
         self.learns
     }
 
-    /// Heap bytes of this memory's state: U banks + index + scratch.
+    /// Heap bytes of this memory's state as allocated now: U banks + index + scratch. A
+    /// bank's weights and the index are allocated at their first write, so a memory that
+    /// never learned holds only its tables and buffers; see
+    /// [`memory_bytes_full`](Self::memory_bytes_full) for the most it can grow to.
     pub fn memory_bytes(&self) -> usize {
         let banks: usize = self.banks.iter().map(Bank::heap_bytes).sum();
-        banks
-            + self.index.heap_bytes()
+        self.fixed_bytes(banks + self.index.heap_bytes())
+    }
+
+    /// Heap bytes once every bank and the index are allocated (both banks under
+    /// [`SaturationPolicy::Rotate`]): the bound of [`memory_bytes`](Self::memory_bytes).
+    pub fn memory_bytes_full(&self) -> usize {
+        let banks: usize = self.banks.iter().map(Bank::full_heap_bytes).sum();
+        self.fixed_bytes(banks + self.index.full_heap_bytes())
+    }
+
+    fn fixed_bytes(&self, allocated: usize) -> usize {
+        allocated
             + self.csa.heap_bytes()
             + (self.u.len() + self.learn_code.len()) * 2
             + (self.recalled.len() + self.last_x.len()) * 8

@@ -127,7 +127,8 @@ pub struct AnomalyLikelihood {
     /// Ring of the last `averaging_window` raw scores and their sum.
     recent: Vec<f64>,
     recent_sum: f64,
-    /// Ring of the last `history` smoothed scores (filled after the learning period).
+    /// Ring of the last `history` smoothed scores (filled after the learning period). Empty
+    /// on the raw scale, which fits nothing (2048 × 8 B per stream saved).
     history: Vec<f64>,
     stored: usize,
     seen: u64,
@@ -143,7 +144,7 @@ impl AnomalyLikelihood {
         Self {
             recent: vec![0.0; params.averaging_window],
             recent_sum: 0.0,
-            history: vec![0.0; params.history],
+            history: Self::ring(&params),
             stored: 0,
             seen: 0,
             since_fit: 0,
@@ -151,6 +152,13 @@ impl AnomalyLikelihood {
             std: 1000.0,
             fitted: false,
             params,
+        }
+    }
+
+    fn ring(params: &LikelihoodParams) -> Vec<f64> {
+        match params.scale {
+            LikelihoodScale::Raw => Vec::new(),
+            LikelihoodScale::Log | LikelihoodScale::Linear => vec![0.0; params.history],
         }
     }
 
@@ -170,8 +178,16 @@ impl AnomalyLikelihood {
         }
         if self.params.scale == LikelihoodScale::Raw {
             // Nothing to fit: the raw score is reported as soon as the detector has learned.
+            if !self.history.is_empty() {
+                // Restored from a state that still carried the unused ring: freed, once.
+                self.history = Vec::new();
+            }
             self.fitted = true;
             return Some(smoothed);
+        }
+        if self.history.len() != self.params.history {
+            // Restored from a state saved on the raw scale (no ring): once.
+            self.history = vec![0.0; self.params.history];
         }
         if learn || !self.fitted {
             let cap = self.params.history;
