@@ -15,7 +15,9 @@ use sparsewatch::checkpoint::{
 use sparsewatch::metrics::Metrics;
 use sparsewatch::wire::Reading;
 use sparsewatch::worker::{Dispatch, WorkerContext, Workers};
-use sparsewatch_dsp::{Pipeline, PipelineParams, Sample, ValidPipelineParams, WindowReport};
+use sparsewatch_dsp::{
+    DetectorKind, Pipeline, PipelineParams, Sample, ValidPipelineParams, WindowReport,
+};
 
 fn params() -> ValidPipelineParams {
     PipelineParams::default().check().unwrap()
@@ -411,6 +413,83 @@ fn restored_streams_are_fitted_to_the_configured_model() {
     p.framer.hop = 8; // the default is 4
     let err = checkpoint::reconcile(r, &p.check().unwrap()).unwrap_err();
     assert!(err.contains("pipeline.framer"), "{err}");
+}
+
+/// A stream learned with the `baseline` detector (the default before the memory became it,
+/// with that release's `[pipeline.gated]`) restored under today's defaults switches to the
+/// gated detector keeping everything its baseline learned: it scores the next windows
+/// exactly as the baseline would (its memories start empty, so the gate passes every
+/// score). From another detector, or with another change, it is still refused.
+#[test]
+fn a_stream_learned_with_the_baseline_detector_moves_to_the_gated_default() {
+    let mut old = PipelineParams {
+        detector: DetectorKind::Baseline,
+        ..PipelineParams::default()
+    };
+    old.gated.sdr.index_capacity = 256;
+    let old = old.check().unwrap();
+    let mut baseline = Pipeline::new(&old, 2);
+    feed(&mut baseline, 0..2_000);
+    let record = StreamRecord {
+        key: "k".into(),
+        channels: vec!["a".into(), "b".into()],
+        pipeline: baseline.clone(),
+        silent: false,
+    };
+    let mut moved = checkpoint::reconcile(record.clone(), &params())
+        .unwrap()
+        .pipeline;
+    assert_eq!(moved.params(), params().get());
+    assert_eq!(moved.counters().windows, baseline.counters().windows);
+    assert!(moved.gate_reading().is_some());
+    let (a, b) = (
+        feed(&mut baseline, 2_000..2_400),
+        feed(&mut moved, 2_000..2_400),
+    );
+    assert!(!a.is_empty());
+    let scores = |r: &[WindowReport]| {
+        r.iter()
+            .map(|w| (w.score, w.likelihood, w.step))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(scores(&a), scores(&b));
+
+    let mut memory = params().get().clone();
+    memory.detector = DetectorKind::Memory;
+    let err = checkpoint::reconcile(record.clone(), &memory.check().unwrap()).unwrap_err();
+    assert!(err.contains("pipeline.detector"), "{err}");
+    let mut hop = params().get().clone();
+    hop.framer.hop = 8;
+    let err = checkpoint::reconcile(record, &hop.check().unwrap()).unwrap_err();
+    assert!(err.contains("pipeline.framer"), "{err}");
+}
+
+/// A checkpoint whose baseline history was written as f64 (before it was stored as f32)
+/// still loads from CBOR, each value rounded to the nearest f32, and scores as the stream
+/// that wrote it to that precision.
+#[test]
+fn a_baseline_history_written_as_f64_loads_rounded() {
+    let mut p = Pipeline::new(&params(), 2);
+    feed(&mut p, 0..1_500);
+    let mut v = serde_json::to_value(&p).unwrap();
+    let ring = v["scorer"]["Gated"]["baseline"]["ring"]
+        .as_array_mut()
+        .expect("the gated scorer's baseline ring");
+    assert!(ring.len() >= 256 * 2 * 4);
+    // Values an f32 cannot hold exactly, as an f64 history had them.
+    for x in ring.iter_mut() {
+        *x = serde_json::json!(x.as_f64().unwrap() * (1.0 + 1e-12));
+    }
+    let mut cbor = Vec::new();
+    ciborium::into_writer(&v, &mut cbor).unwrap();
+    let mut old: Pipeline = ciborium::from_reader(&cbor[..]).unwrap();
+    assert_eq!(old.params(), p.params());
+    let (a, b) = (feed(&mut p, 1_500..1_800), feed(&mut old, 1_500..1_800));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x.score - y.score).abs() < 1e-6, "{x:?} {y:?}");
+        assert_eq!(x.step, y.step);
+    }
 }
 
 fn context(max_streams: usize) -> WorkerContext {

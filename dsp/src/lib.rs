@@ -16,12 +16,16 @@
 //!   identity across updates.
 //! - [`coding`]: [`SparseCode`], a window's code in the dictionary (x = Dᵀy, top-k, residual,
 //!   energy), allocation-free.
-//! - [`memory`]: the Sparsey-style associative memory ([`SdrMemory`]) and the encoders from
-//!   sparse codes to binary inputs ([`SdrEncoder`]). Not yet a pipeline stage.
-//! - [`score`]: raw scores ([`baseline`](score::baseline): rolling-window Gaussian;
-//!   [`residual`](score::residual): the dictionary's reconstruction residual), the
-//!   HTM-style [`likelihood`](score::likelihood), and the [`alert`](score::alert) state
-//!   machine (hysteresis, learning gate).
+//! - [`memory`]: the Sparsey-style associative memory ([`SdrMemory`]; weights and index
+//!   allocated at their first write) and the encoders from sparse codes and scalars to
+//!   binary inputs ([`SdrEncoder`]).
+//! - [`score`]: raw scores ([`gated`](score::gated), the default: the baseline's score
+//!   cleared for window states a per-channel memory of rare states has seen;
+//!   [`baseline`](score::baseline): rolling fit of window features on two time scales;
+//!   [`residual`](score::residual): the dictionary's reconstruction residual;
+//!   [`memory`](score::memory): novelty of the window's code in the memory), the HTM-style
+//!   [`likelihood`](score::likelihood), and the [`alert`](score::alert) state machine
+//!   (hysteresis, learning gate).
 //! - [`pipeline`]: [`Pipeline`], one per stream, wiring the stages in order; its
 //!   [`PipelineParams`] is the `[pipeline]` table of the daemon's configuration.
 //! - [`params`]: [`ParamError`], the error every checked parameter struct returns.

@@ -26,7 +26,6 @@ use crate::window::{Framer, FramerParams, Normaliser, NormaliserParams, PushOutc
 #[serde(rename_all = "snake_case")]
 pub enum DetectorKind {
     /// Rolling-window Gaussian on window features ([`crate::score::baseline`]).
-    #[default]
     Baseline,
     /// The dictionary's reconstruction residual: the share of the normalised window's energy
     /// its k largest atoms miss. Needs the code stage (window_len × channels ≤ coding.max_dim).
@@ -36,7 +35,8 @@ pub enum DetectorKind {
     Memory,
     /// The baseline's score, let through only for a window state (the baseline's features as
     /// z-scores) the associative memory finds novel ([`crate::score::gated`]): a recurring
-    /// rare state stops alarming once the memory learned it.
+    /// rare state stops alarming once the memory learned it. The default.
+    #[default]
     Gated,
 }
 
@@ -537,6 +537,32 @@ impl Pipeline {
         }
     }
 
+    /// Switches a pipeline that learned with the `baseline` detector to the `gated` one (the
+    /// default since the memory became it), keeping everything the baseline learned: the
+    /// gated detector is the baseline plus per-channel memories, which start empty (so until
+    /// rare states recur it scores exactly as the baseline did). `gated`: the new
+    /// `[pipeline.gated]` (checked). Returns false, changing nothing, for any other detector.
+    pub fn adopt_gated(&mut self, gated: GatedParams) -> Result<bool, ParamError> {
+        gated.check().map_err(|e| e.in_section("gated"))?;
+        let channels = self.channels();
+        let scorer = std::mem::replace(
+            &mut self.scorer,
+            Scorer::Residual(ResidualScorer::new(self.params.residual.clone())),
+        );
+        let Scorer::Baseline(baseline) = scorer else {
+            self.scorer = scorer;
+            return Ok(false);
+        };
+        self.scorer = Scorer::Gated(Box::new(GatedScorer::over(
+            gated.clone(),
+            baseline,
+            channels,
+        )));
+        self.params.detector = DetectorKind::Gated;
+        self.params.gated = gated;
+        Ok(true)
+    }
+
     /// Changes the alert thresholds in place, keeping everything learned.
     pub fn set_alert_params(&mut self, params: AlertParams) -> Result<(), ParamError> {
         params.check().map_err(|e| e.in_section("alert"))?;
@@ -899,11 +925,23 @@ mod tests {
     }
 
     /// The onset window's explanation names the stepped channel as carrying most of what the
-    /// code misses, with shares that sum to 1, and the code's atoms; the baseline detector has
+    /// code misses, with shares that sum to 1, and the code's atoms; the gated detector (the
+    /// default) adds the familiarity of the flagged channel's state, the baseline detector has
     /// no memory part.
     #[test]
     fn a_detection_explains_its_channels_and_atoms() {
-        let params = PipelineParams::default().check().unwrap();
+        for detector in [DetectorKind::Gated, DetectorKind::Baseline] {
+            assert!(explains_the_stepped_channel(detector) > 0, "{detector:?}");
+        }
+    }
+
+    fn explains_the_stepped_channel(detector: DetectorKind) -> usize {
+        let params = PipelineParams {
+            detector,
+            ..PipelineParams::default()
+        }
+        .check()
+        .unwrap();
         let mut p = Pipeline::new(&params, 2);
         let mut explained = 0;
         for (t, [a, b]) in noise(4).take(14_000).enumerate() {
@@ -927,13 +965,21 @@ mod tests {
             assert_eq!(e.atoms.len(), params.get().coding.k);
             assert_eq!(e.atoms.len(), e.coefficients.len());
             assert_eq!(e.atoms, p.code().unwrap().indices());
-            assert_eq!(
-                (e.familiarity, e.precision, e.best_match_overlap),
-                (None, None, None)
-            );
+            if detector == DetectorKind::Baseline {
+                assert_eq!(
+                    (e.familiarity, e.precision, e.best_match_overlap),
+                    (None, None, None)
+                );
+            } else {
+                let g = e.familiarity.expect("the gate's familiarity");
+                // The onset passed the gate: the state was not familiar enough to clear it.
+                assert!((0.0..0.9).contains(&g), "{e:?}");
+                assert!(e.precision.is_some());
+            }
             explained += 1;
         }
-        assert_eq!(explained, 1);
+        assert_eq!(explained, 1, "{detector:?}");
+        explained
     }
 
     /// With the memory detector every window's recall is exposed (a code of one winner per
@@ -1023,8 +1069,16 @@ mod tests {
 
     #[test]
     fn a_checkpoint_from_before_the_gated_detector_restores() {
-        let params = PipelineParams::default().check().unwrap();
-        let (p, _) = run(noise(12).take(500));
+        let params = PipelineParams {
+            detector: DetectorKind::Baseline,
+            ..PipelineParams::default()
+        }
+        .check()
+        .unwrap();
+        let mut p = Pipeline::new(&params, 2);
+        for (t, v) in noise(12).take(500).enumerate() {
+            p.push(Sample::new(t as i64 * 1000, &v).unwrap());
+        }
         let mut v = serde_json::to_value(&p).unwrap();
         v["params"]
             .as_object_mut()

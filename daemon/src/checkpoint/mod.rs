@@ -35,7 +35,7 @@ pub use inspect::{inspect_path, Inspection};
 pub use store::{Fault, Generation, LoadOutcome, Loaded, Store};
 
 use serde::{Deserialize, Serialize};
-use sparsewatch_dsp::{Pipeline, ValidPipelineParams};
+use sparsewatch_dsp::{DetectorKind, Pipeline, ValidPipelineParams};
 use thiserror::Error;
 
 /// First bytes of every checkpoint file.
@@ -322,8 +322,12 @@ pub fn split_file(bytes: &[u8]) -> Result<(Meta, Vec<&[u8]>), CheckpointError> {
 
 /// Fits a restored stream to the running pipeline parameters. Equal parameters: restored as
 /// is. Only `pipeline.alert` differs: the new thresholds are applied and everything learned is
-/// kept. Anything else differs (window, detector, model sizes, …): the learned state does not
-/// fit the configured model; the error names the sections that differ.
+/// kept. Learned with the `baseline` detector and configured for `gated` (the default before
+/// and after the memory became it), differing only there, in `pipeline.gated` and in
+/// `pipeline.alert`: the stream switches to the gated detector keeping what its baseline
+/// learned (the memories start empty). Anything else differs (window, detector, model sizes,
+/// …): the learned state does not fit the configured model; the error names the sections that
+/// differ.
 pub fn reconcile(
     mut record: StreamRecord,
     params: &ValidPipelineParams,
@@ -340,6 +344,22 @@ pub fn reconcile(
             .set_alert_params(want.alert.clone())
             .map_err(|e| e.to_string())?;
         return Ok(record);
+    }
+    let mut as_gated = with_new_alert;
+    if as_gated.detector == DetectorKind::Baseline && want.detector == DetectorKind::Gated {
+        as_gated.detector = DetectorKind::Gated;
+        as_gated.gated = want.gated.clone();
+        if &as_gated == want {
+            record
+                .pipeline
+                .set_alert_params(want.alert.clone())
+                .map_err(|e| e.to_string())?;
+            record
+                .pipeline
+                .adopt_gated(want.gated.clone())
+                .map_err(|e| e.to_string())?;
+            return Ok(record);
+        }
     }
     let old = serde_json::to_value(record.pipeline.params()).expect("params serialise");
     let new = serde_json::to_value(want).expect("params serialise");

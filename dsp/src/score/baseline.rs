@@ -117,8 +117,12 @@ const SURPRISE_DECADES: f64 = 10.0;
 pub struct BaselineScorer {
     params: BaselineParams,
     channels: usize,
-    /// Ring of feature vectors, `history` rows of `features()` (channel-major).
-    ring: Vec<f64>,
+    /// Ring of feature vectors, `history` rows of `features()` (channel-major), stored as
+    /// f32: half the memory (18 KiB of a 3-channel stream's 36), and its resolution (6e-8 of
+    /// a value) is far below the scale floor of 1e-6 of a feature's mean. The window scored is
+    /// rounded the same way before it is compared (in `score`), so a value equal to its
+    /// history compares equal. Checkpoints from before (f64) load rounded.
+    ring: Vec<f32>,
     stored: usize,
     /// Features of the window scored last, kept so `learn` does not recompute them.
     current: Vec<f64>,
@@ -268,11 +272,11 @@ impl BaselineScorer {
                 } else {
                     j
                 };
-                let v = self.ring[row * width + f];
+                let v = self.ring[row * width + f] as f64;
                 sum += v;
                 sum_sq += v * v;
                 if is_max {
-                    spread += self.ring[row * width + f - MAX_FEATURE + 1];
+                    spread += self.ring[row * width + f - MAX_FEATURE + 1] as f64;
                 }
             }
             let mean = sum / have as f64;
@@ -287,7 +291,7 @@ impl BaselineScorer {
                 // and one step more would otherwise score as extreme.
                 std = std.max(MAX_SCALE_FLOOR * spread / have as f64);
             }
-            let z = (self.current[f] - mean) / std;
+            let z = (self.current[f] as f32 as f64 - mean) / std;
             self.z[f] = z;
             let kind = if long {
                 self.params.long_tail
@@ -350,7 +354,7 @@ impl BaselineScorer {
         let old_long = old > old_window;
         let new_long = new > WINDOW_FEATURES;
         let rows = self.params.history;
-        let mut ring = vec![0.0; rows * new * self.channels];
+        let mut ring = vec![0.0f32; rows * new * self.channels];
         if self.ring.len() == rows * old * self.channels {
             for r in 0..rows {
                 for c in 0..self.channels {
@@ -424,7 +428,12 @@ impl BaselineScorer {
     fn learn_window(&mut self, long: bool) {
         let width = self.width();
         let row = self.stored % self.params.history;
-        self.ring[row * width..(row + 1) * width].copy_from_slice(&self.current);
+        for (r, &c) in self.ring[row * width..(row + 1) * width]
+            .iter_mut()
+            .zip(&self.current)
+        {
+            *r = c as f32;
+        }
         self.stored += 1;
         let d = self.params.long_windows;
         if d > 0 && long {
@@ -674,13 +683,13 @@ mod tests {
     fn to_old_layout(b: &mut BaselineScorer, keep: &[usize]) {
         let per = b.per_channel();
         let rows = b.ring.len() / per;
-        let pick = |v: &[f64]| -> Vec<f64> {
+        fn pick<T: Copy>(v: &[T], per: usize, keep: &[usize]) -> Vec<T> {
             (0..v.len() / per)
                 .flat_map(|r| keep.iter().map(move |&f| v[r * per + f]))
                 .collect()
-        };
-        b.ring = pick(&b.ring);
-        b.current = pick(&b.current);
+        }
+        b.ring = pick(&b.ring, per, keep);
+        b.current = pick(&b.current, per, keep);
         assert_eq!(b.ring.len(), rows * keep.len());
     }
 
@@ -715,7 +724,7 @@ mod tests {
         }
         // Mean, std and newest-eighth mean per channel: the layout before the long scale.
         to_old_layout(&mut b, &[0, 1, 2]);
-        let old_row: Vec<f64> = b.ring[..6].to_vec();
+        let old_row: Vec<f32> = b.ring[..6].to_vec();
         // As a checkpoint of the old layout restores: the parameters say 72 (their default).
         b.params.long_windows = 72;
         let s = score_two(&mut b, 100);
@@ -738,7 +747,7 @@ mod tests {
         }
         let (long_full_at, long) = (b.long_full_at, b.long.clone());
         assert!(long_full_at.is_some());
-        let row: Vec<f64> = b.ring[..12].to_vec();
+        let row: Vec<f32> = b.ring[..12].to_vec();
         to_old_layout(&mut b, &[0, 1, 2, 4, 5]);
         let s = score_two(&mut b, 200);
         assert!(s.score.is_finite() && s.score < 0.5, "{s:?}");

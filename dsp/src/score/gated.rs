@@ -109,6 +109,11 @@ impl Default for GatedParams {
             sdr: MemoryParams {
                 modules: 8,
                 evidence_exponent: 4.0,
+                // About the distinct-state budget, 0.35·N·K/s = 0.35 · 384 · 16 / 36 ≈ 60
+                // states per bank (six features of 64 bits, runs of 6): the index names the
+                // stored state a window is closest to, and needs no more slots than a bank
+                // can hold states (the memory's default of 256 is for N = 1024, s = 32).
+                index_capacity: 64,
                 ..MemoryParams::default()
             },
         }
@@ -190,8 +195,15 @@ pub struct GateReading {
 impl GatedScorer {
     /// Panics unless both parameter sets pass their checks and `channels ≥ 1`.
     pub fn new(params: GatedParams, baseline: BaselineParams, channels: usize) -> Self {
+        Self::over(params, BaselineScorer::new(baseline, channels), channels)
+    }
+
+    /// A gated detector over a baseline that has already learned (a stream that ran with the
+    /// `baseline` detector): its history is kept, the memories start empty, so the gate
+    /// passes every score until rare states recur. Panics unless `params` pass their check
+    /// and `channels ≥ 1`.
+    pub fn over(params: GatedParams, baseline: BaselineScorer, channels: usize) -> Self {
         params.check().expect("GatedParams must be checked");
-        let baseline = BaselineScorer::new(baseline, channels);
         let mut g = Self {
             z: Vec::new(),
             input: Vec::new(),
@@ -578,6 +590,21 @@ mod tests {
         let json = serde_json::to_string(&g).unwrap();
         let back: GatedScorer = serde_json::from_str(&json).unwrap();
         assert!(back == g);
+        // A memory that stored nothing holds no weights: what the default detector costs a
+        // channel that never sees a rare state (most). Figures in ARCHITECTURE.md.
+        let m = &g.memories()[0];
+        assert_eq!(m.input_bits(), 6 * 64);
+        assert!(m.memory_bytes() < 3 * 1024, "{} B", m.memory_bytes());
+        assert!(
+            m.memory_bytes_full() < 31 * 1024,
+            "{} B",
+            m.memory_bytes_full()
+        );
+        let memories = serde_json::to_string(g.memories()).unwrap().len();
+        assert!(
+            memories < 2 * 3 * 1024,
+            "checkpoint of empty memories {memories} B"
+        );
     }
 
     #[test]
