@@ -418,13 +418,28 @@ fn restore(store: &Store, settings: &ValidSettings, metrics: &Metrics) -> Vec<St
             }
         }
     }
+    let discarded = total - kept.len();
+    if discarded > 0 {
+        match store.keep_discarded(loaded.generation, c.meta.created_ms) {
+            Ok(path) => tracing::warn!(
+                file = %path.display(),
+                streams = discarded,
+                "the checkpoint with the discarded streams is kept aside: to get them back, stop the daemon, restore the configuration they were learned with and move this file to {}",
+                store.path(checkpoint::store::CURRENT).display()
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "could not keep the checkpoint with the discarded streams aside: the next checkpoint replaces it"
+            ),
+        }
+    }
     metrics
         .restored_streams
         .store(kept.len() as u64, Ordering::Relaxed);
     tracing::info!(
         file = %store.path(loaded.generation.file_name()).display(),
         streams = kept.len(),
-        discarded = total - kept.len(),
+        discarded,
         bytes = c.file_bytes,
         age_s = (now_ms() - c.meta.created_ms) / 1000,
         written_by = %c.meta.daemon_version,

@@ -384,6 +384,45 @@ fn a_full_disk_fails_the_write_and_keeps_both_generations() {
     );
 }
 
+/// A checkpoint whose streams were discarded is copied aside whole, under its creation time;
+/// only the newest three copies are kept, and a copy decodes to what was discarded.
+#[test]
+fn discarded_checkpoints_are_kept_aside_three_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = two_generations(dir.path());
+    let mut kept = Vec::new();
+    for created_ms in [5_000, 3_000, 9_000, 7_000] {
+        let path = store
+            .keep_discarded(Generation::Current, created_ms)
+            .unwrap();
+        assert_eq!(
+            path.file_name().unwrap().to_str().unwrap(),
+            format!("checkpoint.{created_ms}.discarded.swst")
+        );
+        kept.push(path);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".discarded.swst") || n.ends_with(".tmp"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "checkpoint.5000.discarded.swst",
+            "checkpoint.7000.discarded.swst",
+            "checkpoint.9000.discarded.swst"
+        ]
+    );
+    let copy = decode_file(&std::fs::read(&kept[2]).unwrap()).unwrap();
+    let current = decode_file(&std::fs::read(dir.path().join(CURRENT)).unwrap()).unwrap();
+    assert_eq!(copy.meta.created_ms, current.meta.created_ms);
+    assert_eq!(copy.streams.len(), 2);
+    // The generations themselves are untouched.
+    assert!(store.load().loaded.is_some());
+}
+
 /// Both generations damaged: nothing is restored, both are reported, and nothing panics.
 #[test]
 fn with_no_good_generation_both_are_reported() {

@@ -15,6 +15,12 @@ pub const PREVIOUS: &str = "checkpoint.prev.swst";
 pub const TMP: &str = "checkpoint.swst.tmp";
 /// Suffix a checkpoint that failed its checks is renamed with.
 pub const REJECTED_SUFFIX: &str = ".rejected";
+/// A checkpoint some of whose streams were discarded at a restore (learned with another
+/// `[pipeline]` than configured) is copied aside as `checkpoint.<created_ms>` + this, so a
+/// configuration mistake does not lose what they learned once later checkpoints replace it.
+pub const DISCARDED_SUFFIX: &str = ".discarded.swst";
+/// Copies kept aside that way; the oldest go first.
+pub const DISCARDED_KEPT: usize = 3;
 
 /// Environment variable that injects a fault into checkpoint writes, for the fault tests:
 /// `enospc-after=N` fails every write with ENOSPC once N bytes of it are written (a full
@@ -181,6 +187,42 @@ impl Store {
         }
         let file = file.into_inner().map_err(io::IntoInnerError::into_error)?;
         file.sync_all()
+    }
+
+    /// Copies the checkpoint file of `generation` (written at `created_ms`) aside as
+    /// `checkpoint.<created_ms>.discarded.swst` (through a temporary file, so a copy is
+    /// whole or absent) and removes all but the newest [`DISCARDED_KEPT`] such copies.
+    /// Returns the copy's path. To use it again: stop the daemon, restore the configuration
+    /// its streams were learned with, and move it to [`CURRENT`].
+    pub fn keep_discarded(&self, generation: Generation, created_ms: i64) -> io::Result<PathBuf> {
+        let name = format!("checkpoint.{created_ms}{DISCARDED_SUFFIX}");
+        let (aside, tmp) = (self.path(&name), self.path(&format!("{name}.tmp")));
+        let copied = fs::copy(self.path(generation.file_name()), &tmp)
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .and_then(|()| fs::rename(&tmp, &aside));
+        if let Err(e) = copied {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let mut copies: Vec<(i64, PathBuf)> = fs::read_dir(&self.dir)?
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                let name = path.file_name()?.to_str()?;
+                let ms = name
+                    .strip_prefix("checkpoint.")?
+                    .strip_suffix(DISCARDED_SUFFIX)?
+                    .parse()
+                    .ok()?;
+                Some((ms, path))
+            })
+            .collect();
+        copies.sort();
+        let excess = copies.len().saturating_sub(DISCARDED_KEPT);
+        for (_, old) in &copies[..excess] {
+            fs::remove_file(old)?;
+        }
+        File::open(&self.dir)?.sync_all()?;
+        Ok(aside)
     }
 
     /// Reads the newest usable checkpoint. An unfinished write is removed; a current file

@@ -163,6 +163,57 @@ fn a_restarted_daemon_continues_its_streams_without_a_new_warm_up() {
     );
 }
 
+/// A daemon restarted with another `[pipeline.framer]` cannot use what its stream learned: it
+/// discards the stream and says so, and keeps the checkpoint aside before its own stop
+/// replaces it. Moved back to `checkpoint.swst` under the original configuration, it
+/// restores the stream with all its samples: a configuration mistake loses nothing.
+#[test]
+fn a_checkpoint_whose_streams_do_not_fit_the_configuration_is_kept_aside() {
+    let broker = sparsewatch_e2e::Mosquitto::start().expect("start mosquitto");
+    let state = tempfile::tempdir().expect("state dir");
+    let cfg = config("aside", broker.port(), state.path(), 0);
+    let mut first = start_online(&cfg);
+    publish_range(&first, 0, N, 0);
+    stop(&mut first);
+
+    let mut other = cfg.clone();
+    other.extra.push_str("[pipeline.framer]\nhop = 8\n");
+    let mut second = start_online(&other);
+    assert!(
+        log_has(&mut second, "restored stream discarded")
+            && log_has(&mut second, "kept aside")
+            && log_has(&mut second, "discarded=1"),
+        "{}",
+        second.output()
+    );
+    stop(&mut second);
+    let aside: Vec<_> = std::fs::read_dir(state.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".discarded.swst"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let (text, ok) = inspect(state.path());
+    assert!(ok, "{text}");
+    assert_eq!(
+        inspected_samples(&text, KEY),
+        None,
+        "the stop wrote no stream: {text}"
+    );
+
+    std::fs::rename(&aside[0], state.path().join("checkpoint.swst")).unwrap();
+    let mut third = start_online(&cfg);
+    assert!(
+        log_has(&mut third, "checkpoint restored") && log_has(&mut third, "streams=1"),
+        "{}",
+        third.output()
+    );
+    stop(&mut third);
+    let (text, ok) = inspect(state.path());
+    assert!(ok, "{text}");
+    assert_eq!(inspected_samples(&text, KEY), Some(N as u64), "{text}");
+}
+
 /// Every fault in a row, on one state directory:
 /// 1. a clean run leaves checkpoint A (1 200 samples);
 /// 2. a daemon is killed -9 half-way through writing a periodic checkpoint (an injected pause
