@@ -563,6 +563,29 @@ impl Pipeline {
         Ok(true)
     }
 
+    /// Takes a new `[pipeline.gated]` without losing what was learned, where that is
+    /// possible: for a detector other than `gated` the section is not read, so it is replaced
+    /// as is; for `gated`, only a changed `sdr.index_capacity` (the best-match index starts
+    /// again, scores are unchanged). Anything else: Err, nothing changed.
+    pub fn set_gated_params(&mut self, gated: GatedParams) -> Result<(), ParamError> {
+        gated.check().map_err(|e| e.in_section("gated"))?;
+        if let Scorer::Gated(g) = &mut self.scorer {
+            let mut same_but_index = g.params().clone();
+            same_but_index.sdr.index_capacity = gated.sdr.index_capacity;
+            if same_but_index != gated {
+                return Err(ParamError::new(
+                    "gated",
+                    "the learned gate's parameters, or another sdr.index_capacity",
+                    "other parameters",
+                ));
+            }
+            g.set_index_capacity(gated.sdr.index_capacity)
+                .map_err(|e| e.in_section("gated.sdr"))?;
+        }
+        self.params.gated = gated;
+        Ok(())
+    }
+
     /// Changes the alert thresholds in place, keeping everything learned.
     pub fn set_alert_params(&mut self, params: AlertParams) -> Result<(), ParamError> {
         params.check().map_err(|e| e.in_section("alert"))?;

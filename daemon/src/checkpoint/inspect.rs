@@ -68,7 +68,7 @@ impl Inspection {
             s,
             "{}: ok, format {}, {} bytes, written {created} ({age_s:.0} s ago) by sparsewatch {} on node {}, {} streams",
             self.path.display(),
-            super::FORMAT_VERSION,
+            c.format,
             c.file_bytes,
             c.meta.daemon_version,
             c.meta.node,

@@ -1,12 +1,12 @@
 //! Checkpoints: the learned state of every stream on disk, so a restart does not mean
 //! re-learning and re-alarming.
 //!
-//! ## File format (version 1)
+//! ## File format (version 2)
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic  "SWSTATE\n"
-//!      8     4  format version, u32 LE (1)
+//!      8     4  format version, u32 LE (2; 1 is read too)
 //!     12     4  flags, u32 LE (0)
 //!     16     8  payload length in bytes, u64 LE
 //!     24     4  CRC-32 (IEEE) of the payload, u32 LE
@@ -40,8 +40,13 @@ use thiserror::Error;
 
 /// First bytes of every checkpoint file.
 pub const MAGIC: [u8; 8] = *b"SWSTATE\n";
-/// The format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this build writes. 2 since the associative memory writes an empty weight bank
+/// as empty rows (allocated at its first write): a build that read only version 1 would
+/// take such a bank for one of 0 cells and panic at its first write, so it must refuse the
+/// file instead. The records of version 1 are a subset; this build reads both.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 32;
 
@@ -86,6 +91,8 @@ pub struct Checkpoint {
     pub streams: Vec<RestoredStream>,
     /// Size of the whole file.
     pub file_bytes: usize,
+    /// The file's format version.
+    pub format: u32,
 }
 
 /// Why a checkpoint cannot be used.
@@ -97,7 +104,7 @@ pub enum CheckpointError {
     BadMagic,
     #[error("header checksum mismatch (header damaged)")]
     HeaderChecksum,
-    #[error("format version {found} is not supported by this build (it reads {FORMAT_VERSION})")]
+    #[error("format version {found} is not supported by this build (it reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})")]
     UnsupportedVersion { found: u32 },
     #[error("payload checksum mismatch: stored {stored:#010x}, computed {computed:#010x} (data damaged)")]
     PayloadChecksum { stored: u32, computed: u32 },
@@ -251,6 +258,7 @@ pub fn decode_file(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         meta,
         streams,
         file_bytes: bytes.len(),
+        format: u32::from_le_bytes(bytes[8..12].try_into().expect("checked by split_file")),
     })
 }
 
@@ -271,7 +279,7 @@ pub fn split_file(bytes: &[u8]) -> Result<(Meta, Vec<&[u8]>), CheckpointError> {
         return Err(CheckpointError::HeaderChecksum);
     }
     let version = u32_at(8);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(CheckpointError::UnsupportedVersion { found: version });
     }
     let payload_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
@@ -320,59 +328,75 @@ pub fn split_file(bytes: &[u8]) -> Result<(Meta, Vec<&[u8]>), CheckpointError> {
     Ok((meta, streams.to_vec()))
 }
 
-/// Fits a restored stream to the running pipeline parameters. Equal parameters: restored as
-/// is. Only `pipeline.alert` differs: the new thresholds are applied and everything learned is
-/// kept. Learned with the `baseline` detector and configured for `gated` (the default before
-/// and after the memory became it), differing only there, in `pipeline.gated` and in
-/// `pipeline.alert`: the stream switches to the gated detector keeping what its baseline
-/// learned (the memories start empty). Anything else differs (window, detector, model sizes,
-/// …): the learned state does not fit the configured model; the error names the sections that
-/// differ.
+/// Fits a restored stream to the running pipeline parameters, keeping what it learned
+/// wherever the new parameters allow. Equal parameters: restored as is. Otherwise, when the
+/// differences are only of these kinds, they are applied and everything learned is kept:
+/// - `pipeline.alert`: the new thresholds;
+/// - learned with the `baseline` detector and configured for `gated` (the default before and
+///   after the memory became it): the stream moves to the gated detector over what its
+///   baseline learned, with empty memories;
+/// - `pipeline.gated` when neither side is `gated` (no other detector reads it), or, for
+///   `gated`, only its `sdr.index_capacity` (the best-match index starts again).
+///
+/// Anything else differs (window, detector, model sizes, …): the learned state does not
+/// fit the configured model; the error names the sections that differ.
 pub fn reconcile(
     mut record: StreamRecord,
     params: &ValidPipelineParams,
 ) -> Result<StreamRecord, String> {
     let want = params.get();
-    if record.pipeline.params() == want {
+    let have = record.pipeline.params().clone();
+    if &have == want {
         return Ok(record);
     }
-    let mut with_new_alert = record.pipeline.params().clone();
-    with_new_alert.alert = want.alert.clone();
-    if &with_new_alert == want {
-        record
-            .pipeline
-            .set_alert_params(want.alert.clone())
-            .map_err(|e| e.to_string())?;
-        return Ok(record);
+    let mut fit = have.clone();
+    fit.alert = want.alert.clone();
+    let to_gated = fit.detector == DetectorKind::Baseline && want.detector == DetectorKind::Gated;
+    if to_gated {
+        fit.detector = DetectorKind::Gated;
+        fit.gated = want.gated.clone();
     }
-    let mut as_gated = with_new_alert;
-    if as_gated.detector == DetectorKind::Baseline && want.detector == DetectorKind::Gated {
-        as_gated.detector = DetectorKind::Gated;
-        as_gated.gated = want.gated.clone();
-        if &as_gated == want {
-            record
-                .pipeline
-                .set_alert_params(want.alert.clone())
-                .map_err(|e| e.to_string())?;
-            record
-                .pipeline
-                .adopt_gated(want.gated.clone())
-                .map_err(|e| e.to_string())?;
-            return Ok(record);
+    if fit.detector == want.detector {
+        if want.detector != DetectorKind::Gated {
+            fit.gated = want.gated.clone();
+        } else {
+            fit.gated.sdr.index_capacity = want.gated.sdr.index_capacity;
         }
     }
-    let old = serde_json::to_value(record.pipeline.params()).expect("params serialise");
-    let new = serde_json::to_value(want).expect("params serialise");
-    let differ: Vec<String> = match (old, new) {
-        (serde_json::Value::Object(o), serde_json::Value::Object(n)) => n
-            .iter()
-            .filter(|(k, v)| o.get(*k) != Some(v))
-            .map(|(k, _)| format!("pipeline.{k}"))
-            .collect(),
-        _ => vec!["pipeline".into()],
-    };
-    Err(format!(
-        "learned with different {} than configured now",
-        differ.join(", ")
-    ))
+    if &fit != want {
+        let old = serde_json::to_value(&have).expect("params serialise");
+        let new = serde_json::to_value(want).expect("params serialise");
+        let differ: Vec<String> = match (old, new) {
+            (serde_json::Value::Object(o), serde_json::Value::Object(n)) => n
+                .iter()
+                .filter(|(k, v)| o.get(*k) != Some(v))
+                .map(|(k, _)| format!("pipeline.{k}"))
+                .collect(),
+            _ => vec!["pipeline".into()],
+        };
+        return Err(format!(
+            "learned with different {} than configured now",
+            differ.join(", ")
+        ));
+    }
+    let p = &mut record.pipeline;
+    if have.alert != want.alert {
+        p.set_alert_params(want.alert.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    if to_gated {
+        if !p
+            .adopt_gated(want.gated.clone())
+            .map_err(|e| e.to_string())?
+        {
+            return Err("its parameters say baseline, its state is another detector's".into());
+        }
+    } else if have.gated != want.gated {
+        p.set_gated_params(want.gated.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    if p.params() != want {
+        return Err("its state could not take the configured parameters".into());
+    }
+    Ok(record)
 }

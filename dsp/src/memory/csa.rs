@@ -58,7 +58,10 @@ pub(crate) struct Bank {
     horizontal_set: u64,
 }
 
-/// The serialised form of a [`Bank`]: the fields it had before the transpose was added.
+/// The serialised form of a [`Bank`]: the fields it had before the transpose was added
+/// (which is derived), plus `cells` and `temporal` for a bank that holds nothing: its
+/// weights are written as empty `rows` (and no `horizontal`), so its size must be said.
+/// Checkpoint format 2; format 1 always wrote the rows in full.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct BankState {
     /// Empty when the bank was never written or holds nothing (then `cells` says its size).

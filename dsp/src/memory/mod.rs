@@ -57,6 +57,7 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 
+use crate::params::ParamError;
 use bitset::{and_count, count_ones, ones_into, words_for};
 use csa::{Bank, Csa};
 use index::CodeIndex;
@@ -238,7 +239,8 @@ impl Temporal {
 }
 
 /// A Sparsey-style associative memory (one mac) with its saturation policy and best-match
-/// index. All buffers are allocated at construction.
+/// index. The hot path's buffers are allocated at construction; the weight banks and the
+/// index at their first write (a memory that never learns holds neither).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SdrMemory {
     params: MemoryParams,
@@ -377,6 +379,21 @@ impl SdrMemory {
         if let Some(t) = &mut self.temporal {
             t.current_valid = false;
         }
+    }
+
+    /// Resizes the best-match index to `capacity` codes (0..=65536, else Err). The index
+    /// starts empty: best-match reports restart with the next learned codes; the weights,
+    /// and so every familiarity and score, are unchanged. For a restored memory whose
+    /// configured index size changed.
+    pub fn set_index_capacity(&mut self, capacity: usize) -> Result<(), ParamError> {
+        let mut params = self.params.clone();
+        params.index_capacity = capacity;
+        params.check()?;
+        if capacity != self.params.index_capacity {
+            self.index = CodeIndex::new(capacity, params.modules, params.cells);
+            self.params = params;
+        }
+        Ok(())
     }
 
     /// Distinct codes in the best-match index.

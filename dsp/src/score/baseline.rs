@@ -113,6 +113,12 @@ const MAX_SCALE_FLOOR: f64 = 0.5;
 /// A p-value of 1e-10 or below scores 1.
 const SURPRISE_DECADES: f64 = 10.0;
 
+/// A feature as the f32 history holds it: rounded, and clamped to ±f32::MAX (inputs may
+/// reach 1e100; an infinite entry would make the feature's fit NaN for its whole history).
+fn to_f32(v: f64) -> f32 {
+    v.clamp(-f32::MAX as f64, f32::MAX as f64) as f32
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BaselineScorer {
     params: BaselineParams,
@@ -291,7 +297,7 @@ impl BaselineScorer {
                 // and one step more would otherwise score as extreme.
                 std = std.max(MAX_SCALE_FLOOR * spread / have as f64);
             }
-            let z = (self.current[f] as f32 as f64 - mean) / std;
+            let z = (to_f32(self.current[f]) as f64 - mean) / std;
             self.z[f] = z;
             let kind = if long {
                 self.params.long_tail
@@ -432,7 +438,7 @@ impl BaselineScorer {
             .iter_mut()
             .zip(&self.current)
         {
-            *r = c as f32;
+            *r = to_f32(c);
         }
         self.stored += 1;
         let d = self.params.long_windows;
@@ -771,6 +777,32 @@ mod tests {
         b.feature_z(&mut z);
         assert!(z[3] != 0.0 && z[3].is_finite(), "{z:?}");
         assert_eq!(b.max_since, Some(200));
+    }
+
+    /// A value beyond f32's range (inputs may reach 1e100) is held clamped, not infinite: the
+    /// window scores, and the features of the windows after it stay scored (finite z) instead
+    /// of a NaN fit for the whole history.
+    #[test]
+    fn a_value_beyond_f32_range_does_not_poison_the_history() {
+        let mut b = BaselineScorer::new(BaselineParams::default(), 1);
+        let window =
+            |i: usize| -> Vec<f64> { (0..32).map(|j| ((i * 4 + j) as f64 * 0.7).sin()).collect() };
+        for i in 0..100 {
+            b.score(&view(&window(i)));
+            b.learn();
+        }
+        let mut huge = window(100);
+        huge[31] = 1e60;
+        assert_eq!(b.score(&view(&huge)).score, 1.0);
+        b.learn();
+        let mut z = vec![0.0; b.features()];
+        for i in 101..140 {
+            let s = b.score(&view(&window(i)));
+            assert!(s.score.is_finite(), "window {i}: {s:?}");
+            b.feature_z(&mut z);
+            assert!(z.iter().all(|v| v.is_finite()), "window {i}: {z:?}");
+            b.learn();
+        }
     }
 
     #[test]

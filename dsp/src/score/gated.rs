@@ -372,6 +372,21 @@ impl GatedScorer {
     pub fn memories(&self) -> &[SdrMemory] {
         &self.memories
     }
+
+    /// The parameters.
+    pub fn params(&self) -> &GatedParams {
+        &self.params
+    }
+
+    /// Resizes every memory's best-match index (see [`SdrMemory::set_index_capacity`]):
+    /// what is stored, and so every score, is kept; best-match reports restart.
+    pub fn set_index_capacity(&mut self, capacity: usize) -> Result<(), ParamError> {
+        for m in &mut self.memories {
+            m.set_index_capacity(capacity)?;
+        }
+        self.params.sdr.index_capacity = capacity;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
