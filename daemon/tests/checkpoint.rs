@@ -429,6 +429,22 @@ fn discarded_checkpoints_are_kept_aside_three_at_most() {
     assert_eq!(copy.streams.len(), 2);
     // The generations themselves are untouched.
     assert!(store.load().loaded.is_some());
+    // `inspect` on the directory lists the generations, then the copies, newest first.
+    let listed: Vec<String> = inspect_path(dir.path())
+        .unwrap()
+        .iter()
+        .map(|i| i.path.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            CURRENT,
+            PREVIOUS,
+            "checkpoint.9000.discarded.swst",
+            "checkpoint.7000.discarded.swst",
+            "checkpoint.5000.discarded.swst"
+        ]
+    );
 }
 
 /// Both generations damaged: nothing is restored, both are reported, and nothing panics.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sparsewatch_dsp::AlertState;
 
-use super::store::{CURRENT, PREVIOUS};
+use super::store::{CURRENT, DISCARDED_SUFFIX, PREVIOUS};
 use super::{decode_file, Checkpoint};
 use crate::metrics::now_ms;
 
@@ -16,15 +16,33 @@ pub struct Inspection {
     pub result: Result<Checkpoint, super::CheckpointError>,
 }
 
-/// Inspects a checkpoint file, or both generations in a state directory. Returns the
-/// reports; the text for each is [`Inspection::render`].
+/// Inspects a checkpoint file, or a state directory: both generations, then the copies kept
+/// aside when streams were discarded at a start (newest first). Returns the reports; the
+/// text for each is [`Inspection::render`].
 pub fn inspect_path(path: &Path) -> std::io::Result<Vec<Inspection>> {
     let files: Vec<PathBuf> = if path.is_dir() {
-        [CURRENT, PREVIOUS]
+        let mut files: Vec<PathBuf> = [CURRENT, PREVIOUS]
             .iter()
             .map(|n| path.join(n))
             .filter(|p| p.exists())
-            .collect()
+            .collect();
+        // Then the copies kept aside when streams were discarded at a start, newest first.
+        let mut aside: Vec<(i64, PathBuf)> = std::fs::read_dir(path)?
+            .filter_map(|entry| {
+                let p = entry.ok()?.path();
+                let ms = p
+                    .file_name()?
+                    .to_str()?
+                    .strip_prefix("checkpoint.")?
+                    .strip_suffix(DISCARDED_SUFFIX)?
+                    .parse()
+                    .ok()?;
+                Some((ms, p))
+            })
+            .collect();
+        aside.sort_by_key(|a| std::cmp::Reverse(a.0));
+        files.extend(aside.into_iter().map(|(_, p)| p));
+        files
     } else {
         vec![path.to_path_buf()]
     };
