@@ -393,7 +393,8 @@ fn a_full_disk_fails_the_write_and_keeps_both_generations() {
 }
 
 /// A checkpoint whose streams were discarded is copied aside whole, under its creation time;
-/// only the newest three copies are kept, and a copy decodes to what was discarded.
+/// only three copies are kept (the new one always, then the newest others), a copy decodes
+/// to what was discarded, and `inspect` lists the copies after the generations.
 #[test]
 fn discarded_checkpoints_are_kept_aside_three_at_most() {
     let dir = tempfile::tempdir().unwrap();
@@ -427,8 +428,17 @@ fn discarded_checkpoints_are_kept_aside_three_at_most() {
     let current = decode_file(&std::fs::read(dir.path().join(CURRENT)).unwrap()).unwrap();
     assert_eq!(copy.meta.created_ms, current.meta.created_ms);
     assert_eq!(copy.streams.len(), 2);
-    // The generations themselves are untouched.
+    // A copy older than every kept one (a clock that went back) is kept all the same; the
+    // oldest other goes.
+    let older = store.keep_discarded(Generation::Current, 1_000).unwrap();
+    assert!(older.exists());
+    assert!(!dir.path().join("checkpoint.5000.discarded.swst").exists());
+    // A copy a crash left unfinished is removed at the next load; the generations
+    // themselves are untouched.
+    let leftover = dir.path().join("checkpoint.42.discarded.swst.tmp");
+    std::fs::write(&leftover, b"half a copy").unwrap();
     assert!(store.load().loaded.is_some());
+    assert!(!leftover.exists());
     // `inspect` on the directory lists the generations, then the copies, newest first.
     let listed: Vec<String> = inspect_path(dir.path())
         .unwrap()
@@ -442,7 +452,7 @@ fn discarded_checkpoints_are_kept_aside_three_at_most() {
             PREVIOUS,
             "checkpoint.9000.discarded.swst",
             "checkpoint.7000.discarded.swst",
-            "checkpoint.5000.discarded.swst"
+            "checkpoint.1000.discarded.swst"
         ]
     );
 }

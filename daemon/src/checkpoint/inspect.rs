@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sparsewatch_dsp::AlertState;
 
-use super::store::{CURRENT, DISCARDED_SUFFIX, PREVIOUS};
+use super::store::{discarded_copy_ms, CURRENT, PREVIOUS};
 use super::{decode_file, Checkpoint};
 use crate::metrics::now_ms;
 
@@ -30,14 +30,7 @@ pub fn inspect_path(path: &Path) -> std::io::Result<Vec<Inspection>> {
         let mut aside: Vec<(i64, PathBuf)> = std::fs::read_dir(path)?
             .filter_map(|entry| {
                 let p = entry.ok()?.path();
-                let ms = p
-                    .file_name()?
-                    .to_str()?
-                    .strip_prefix("checkpoint.")?
-                    .strip_suffix(DISCARDED_SUFFIX)?
-                    .parse()
-                    .ok()?;
-                Some((ms, p))
+                Some((discarded_copy_ms(&p)?, p))
             })
             .collect();
         aside.sort_by_key(|a| std::cmp::Reverse(a.0));

@@ -364,7 +364,8 @@ pub fn reconcile(
         }
     }
     if &fit != want {
-        let old = serde_json::to_value(&have).expect("params serialise");
+        // Name only what could not be applied (not, say, new alert thresholds).
+        let old = serde_json::to_value(&fit).expect("params serialise");
         let new = serde_json::to_value(want).expect("params serialise");
         let differ: Vec<String> = match (old, new) {
             (serde_json::Value::Object(o), serde_json::Value::Object(n)) => n

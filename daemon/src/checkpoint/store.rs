@@ -37,6 +37,17 @@ pub enum Fault {
     PauseAfterHalf(PathBuf),
 }
 
+/// The creation time in the name of a copy kept aside by [`Store::keep_discarded`], or None
+/// if `path` is not one.
+pub fn discarded_copy_ms(path: &Path) -> Option<i64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("checkpoint.")?
+        .strip_suffix(DISCARDED_SUFFIX)?
+        .parse()
+        .ok()
+}
+
 impl Fault {
     /// The fault named by [`FAULT_ENV`], if any.
     pub fn from_env() -> Option<Self> {
@@ -190,38 +201,39 @@ impl Store {
     }
 
     /// Copies the checkpoint file of `generation` (written at `created_ms`) aside as
-    /// `checkpoint.<created_ms>.discarded.swst` (through a temporary file, so a copy is
-    /// whole or absent) and removes all but the newest [`DISCARDED_KEPT`] such copies.
-    /// Returns the copy's path. To use it again: stop the daemon, restore the configuration
-    /// its streams were learned with, and move it to [`CURRENT`].
+    /// `checkpoint.<created_ms>.discarded.swst` (through a temporary file and a directory
+    /// sync, so a copy is whole or absent) and then removes the oldest other copies so that
+    /// at most [`DISCARDED_KEPT`] remain (never the new one, whatever its time: a device
+    /// clock may have gone back). Returns the copy's path once it is durable; a failure to
+    /// prune older copies does not undo that and is not an error. To use a copy again: stop
+    /// the daemon, restore the configuration its streams were learned with, and move it to
+    /// [`CURRENT`].
     pub fn keep_discarded(&self, generation: Generation, created_ms: i64) -> io::Result<PathBuf> {
         let name = format!("checkpoint.{created_ms}{DISCARDED_SUFFIX}");
         let (aside, tmp) = (self.path(&name), self.path(&format!("{name}.tmp")));
         let copied = fs::copy(self.path(generation.file_name()), &tmp)
             .and_then(|_| File::open(&tmp)?.sync_all())
-            .and_then(|()| fs::rename(&tmp, &aside));
+            .and_then(|()| fs::rename(&tmp, &aside))
+            .and_then(|()| File::open(&self.dir)?.sync_all());
         if let Err(e) = copied {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        let mut copies: Vec<(i64, PathBuf)> = fs::read_dir(&self.dir)?
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Ok(aside);
+        };
+        let mut others: Vec<(i64, PathBuf)> = entries
             .filter_map(|entry| {
                 let path = entry.ok()?.path();
-                let name = path.file_name()?.to_str()?;
-                let ms = name
-                    .strip_prefix("checkpoint.")?
-                    .strip_suffix(DISCARDED_SUFFIX)?
-                    .parse()
-                    .ok()?;
-                Some((ms, path))
+                let ms = discarded_copy_ms(&path)?;
+                (path != aside).then_some((ms, path))
             })
             .collect();
-        copies.sort();
-        let excess = copies.len().saturating_sub(DISCARDED_KEPT);
-        for (_, old) in &copies[..excess] {
-            fs::remove_file(old)?;
+        others.sort();
+        let excess = (others.len() + 1).saturating_sub(DISCARDED_KEPT);
+        for (_, old) in &others[..excess.min(others.len())] {
+            let _ = fs::remove_file(old);
         }
-        File::open(&self.dir)?.sync_all()?;
         Ok(aside)
     }
 
@@ -233,6 +245,18 @@ impl Store {
         let tmp = self.path(TMP);
         if tmp.exists() && fs::remove_file(&tmp).is_ok() {
             out.removed_unfinished = true;
+        }
+        // A copy aside that a crash left unfinished (as big as a checkpoint; never read).
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("checkpoint.")
+                    && name.ends_with(&format!("{DISCARDED_SUFFIX}.tmp"))
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
         }
         for generation in [Generation::Current, Generation::Previous] {
             let path = self.path(generation.file_name());

@@ -84,6 +84,14 @@ fn inspected_samples(text: &str, key: &str) -> Option<u64> {
         .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
 }
 
+/// Whether the daemon logged one line containing every one of `needles`.
+fn log_line_has(daemon: &mut Daemon, needles: &[&str]) -> bool {
+    daemon
+        .process()
+        .wait_for_line(TIMEOUT, |l| needles.iter().all(|n| l.contains(n)))
+        .is_some()
+}
+
 /// Whether the daemon logged a line containing `needle` (waiting for its output to be read).
 fn log_has(daemon: &mut Daemon, needle: &str) -> bool {
     daemon
@@ -180,9 +188,12 @@ fn a_checkpoint_whose_streams_do_not_fit_the_configuration_is_kept_aside() {
     other.extra.push_str("[pipeline.framer]\nhop = 8\n");
     let mut second = start_online(&other);
     assert!(
-        log_has(&mut second, "restored stream discarded")
-            && log_has(&mut second, "kept aside")
-            && log_has(&mut second, "discarded=1"),
+        log_line_has(&mut second, &["restored stream discarded", KEY])
+            && log_line_has(&mut second, &["kept aside", "streams=1"])
+            && log_line_has(
+                &mut second,
+                &["checkpoint restored", "streams=0", "discarded=1"]
+            ),
         "{}",
         second.output()
     );
@@ -204,7 +215,10 @@ fn a_checkpoint_whose_streams_do_not_fit_the_configuration_is_kept_aside() {
     std::fs::rename(&aside[0], state.path().join("checkpoint.swst")).unwrap();
     let mut third = start_online(&cfg);
     assert!(
-        log_has(&mut third, "checkpoint restored") && log_has(&mut third, "streams=1"),
+        log_line_has(
+            &mut third,
+            &["checkpoint restored", "streams=1", "discarded=0"]
+        ),
         "{}",
         third.output()
     );
