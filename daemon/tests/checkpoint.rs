@@ -38,16 +38,21 @@ fn feed(p: &mut Pipeline, range: std::ops::Range<i64>) -> Vec<WindowReport> {
         .collect()
 }
 
-/// A stream that has learned `samples` samples.
-fn learned(key: &str, samples: i64) -> StreamRecord {
-    let mut pipeline = Pipeline::new(&params(), 2);
-    feed(&mut pipeline, 0..samples);
+/// The checkpoint record of a two-channel stream `key` with `pipeline`.
+fn record(key: &str, pipeline: Pipeline) -> StreamRecord {
     StreamRecord {
         key: key.into(),
         channels: vec!["a".into(), "b".into()],
         pipeline,
         silent: false,
     }
+}
+
+/// A stream that has learned `samples` samples.
+fn learned(key: &str, samples: i64) -> StreamRecord {
+    let mut pipeline = Pipeline::new(&params(), 2);
+    feed(&mut pipeline, 0..samples);
+    record(key, pipeline)
 }
 
 fn file_of(records: &[StreamRecord], created_ms: i64) -> Vec<u8> {
@@ -503,12 +508,7 @@ fn a_stream_learned_with_the_baseline_detector_moves_to_the_gated_default() {
     let old = old.check().unwrap();
     let mut baseline = Pipeline::new(&old, 2);
     feed(&mut baseline, 0..2_000);
-    let record = StreamRecord {
-        key: "k".into(),
-        channels: vec!["a".into(), "b".into()],
-        pipeline: baseline.clone(),
-        silent: false,
-    };
+    let record = record("k", baseline.clone());
     let mut moved = checkpoint::reconcile(record.clone(), &params())
         .unwrap()
         .pipeline;
@@ -572,12 +572,7 @@ fn a_gated_stream_takes_a_new_index_size_and_nothing_else() {
         m.learned() > 0 && m.stored_codes() > 0,
         "the gate stored the jumps"
     );
-    let record = StreamRecord {
-        key: "k".into(),
-        channels: vec!["a".into(), "b".into()],
-        pipeline: before.clone(),
-        silent: false,
-    };
+    let record = record("k", before.clone());
     let mut after = checkpoint::reconcile(record.clone(), &params())
         .unwrap()
         .pipeline;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sparsewatch_dsp::AlertState;
 
-use super::store::{discarded_copy_ms, CURRENT, PREVIOUS};
+use super::store::{discarded_copies, CURRENT, PREVIOUS};
 use super::{decode_file, Checkpoint};
 use crate::metrics::now_ms;
 
@@ -27,14 +27,7 @@ pub fn inspect_path(path: &Path) -> std::io::Result<Vec<Inspection>> {
             .filter(|p| p.exists())
             .collect();
         // Then the copies kept aside when streams were discarded at a start, newest first.
-        let mut aside: Vec<(i64, PathBuf)> = std::fs::read_dir(path)?
-            .filter_map(|entry| {
-                let p = entry.ok()?.path();
-                Some((discarded_copy_ms(&p)?, p))
-            })
-            .collect();
-        aside.sort_by_key(|a| std::cmp::Reverse(a.0));
-        files.extend(aside.into_iter().map(|(_, p)| p));
+        files.extend(discarded_copies(path)?.into_iter().rev().map(|(_, p)| p));
         files
     } else {
         vec![path.to_path_buf()]

@@ -37,15 +37,24 @@ pub enum Fault {
     PauseAfterHalf(PathBuf),
 }
 
-/// The creation time in the name of a copy kept aside by [`Store::keep_discarded`], or None
-/// if `path` is not one.
-pub fn discarded_copy_ms(path: &Path) -> Option<i64> {
-    path.file_name()?
-        .to_str()?
-        .strip_prefix("checkpoint.")?
-        .strip_suffix(DISCARDED_SUFFIX)?
-        .parse()
-        .ok()
+/// The copies kept aside by [`Store::keep_discarded`] in `dir`, with the creation time in
+/// their names, oldest first.
+pub fn discarded_copies(dir: &Path) -> io::Result<Vec<(i64, PathBuf)>> {
+    let mut copies: Vec<(i64, PathBuf)> = fs::read_dir(dir)?
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let ms = path
+                .file_name()?
+                .to_str()?
+                .strip_prefix("checkpoint.")?
+                .strip_suffix(DISCARDED_SUFFIX)?
+                .parse()
+                .ok()?;
+            Some((ms, path))
+        })
+        .collect();
+    copies.sort();
+    Ok(copies)
 }
 
 impl Fault {
@@ -219,19 +228,12 @@ impl Store {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        let Ok(entries) = fs::read_dir(&self.dir) else {
+        let Ok(mut others) = discarded_copies(&self.dir) else {
             return Ok(aside);
         };
-        let mut others: Vec<(i64, PathBuf)> = entries
-            .filter_map(|entry| {
-                let path = entry.ok()?.path();
-                let ms = discarded_copy_ms(&path)?;
-                (path != aside).then_some((ms, path))
-            })
-            .collect();
-        others.sort();
+        others.retain(|(_, path)| *path != aside);
         let excess = (others.len() + 1).saturating_sub(DISCARDED_KEPT);
-        for (_, old) in &others[..excess.min(others.len())] {
+        for (_, old) in &others[..excess] {
             let _ = fs::remove_file(old);
         }
         Ok(aside)
@@ -248,12 +250,11 @@ impl Store {
         }
         // A copy aside that a crash left unfinished (as big as a checkpoint; never read).
         if let Ok(entries) = fs::read_dir(&self.dir) {
+            let unfinished = format!("{DISCARDED_SUFFIX}.tmp");
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with("checkpoint.")
-                    && name.ends_with(&format!("{DISCARDED_SUFFIX}.tmp"))
-                {
+                if name.starts_with("checkpoint.") && name.ends_with(&unfinished) {
                     let _ = fs::remove_file(entry.path());
                 }
             }

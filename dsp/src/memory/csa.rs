@@ -68,7 +68,7 @@ struct BankState {
     rows: Vec<u64>,
     words: usize,
     /// Absent in states saved before banks were allocated lazily (their `rows` were full).
-    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     cells: usize,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     temporal: bool,
@@ -82,12 +82,8 @@ struct BankState {
     horizontal_set: u64,
 }
 
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-fn is_zero_usize(v: &usize) -> bool {
-    *v == 0
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Two banks are equal when they hold the same weights and counts: an empty bank equals one

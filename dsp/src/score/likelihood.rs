@@ -128,7 +128,8 @@ pub struct AnomalyLikelihood {
     recent: Vec<f64>,
     recent_sum: f64,
     /// Ring of the last `history` smoothed scores (filled after the learning period). Empty
-    /// on the raw scale, which fits nothing (2048 × 8 B per stream saved).
+    /// on the raw scale, which fits nothing (2048 × 8 B of allocation per stream; never written
+    /// there, so it was not resident either way).
     history: Vec<f64>,
     stored: usize,
     seen: u64,
