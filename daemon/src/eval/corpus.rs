@@ -305,14 +305,22 @@ pub fn read_nab_series(path: &Path) -> Result<Series> {
     parse_rows(&table, ',', ts, &[value], |_, _| Ok(()))
 }
 
-/// Window timestamps → rows: the first row at or after the start, the last at or before the end.
+/// Window timestamps → rows: the first row at or after the start; the first row stamped
+/// with the end, as NAB's sweeper takes it (a timestamp repeated on the right edge ends the
+/// window at its first row, so a detection on a repeat is not counted inside), or else the
+/// last row before the end (NAB's windows are cut from the data, so they always match).
 fn map_windows(series: &Series, windows: &[[String; 2]]) -> Result<Labels> {
     let mut rows = Vec::with_capacity(windows.len());
     for [start, end] in windows {
         let parse = |t: &str| parse_timestamp(t).ok_or_else(|| anyhow!("bad timestamp `{t}`"));
         let (s, e) = (parse(start)?, parse(end)?);
         let first = series.ts_ms.partition_point(|&t| t < s);
-        let after = series.ts_ms.partition_point(|&t| t <= e);
+        let at_end = series.ts_ms.partition_point(|&t| t < e);
+        let after = if series.ts_ms.get(at_end) == Some(&e) {
+            at_end + 1
+        } else {
+            at_end
+        };
         if after == 0 || first >= after {
             bail!("window [{start}, {end}] holds no row");
         }
@@ -491,6 +499,24 @@ mod tests {
         .unwrap();
         assert_eq!(l.windows(), &[Window { first: 2, last: 4 }]);
         assert!(map_windows(&s, &[w("2020-01-01 00:06:00", "2020-01-01 00:07:00")]).is_err());
+    }
+
+    #[test]
+    fn a_timestamp_repeated_on_the_right_edge_ends_the_window_at_its_first_row() {
+        // Rows 0..=9 at 5-minute steps, with 00:20 repeated (rows 4, 5, 6): NAB's sweeper
+        // ends the window at the first 00:20 row, so rows 5 and 6 are outside it.
+        let mut csv = String::from("timestamp,value\n");
+        for m in [0, 5, 10, 15, 20, 20, 20, 25, 30, 35] {
+            csv.push_str(&format!("2020-01-01 00:{m:02}:00,{m}\n"));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = read_nab_series(&write(dir.path(), "a.csv", &csv)).unwrap();
+        let w = |a: &str, b: &str| [a.to_string(), b.to_string()];
+        let l = map_windows(&s, &[w("2020-01-01 00:05:00", "2020-01-01 00:20:00")]).unwrap();
+        assert_eq!(l.windows(), &[Window { first: 1, last: 4 }]);
+        // A start on the repeated stamp begins at its first row.
+        let l = map_windows(&s, &[w("2020-01-01 00:20:00", "2020-01-01 00:30:00")]).unwrap();
+        assert_eq!(l.windows(), &[Window { first: 4, last: 8 }]);
     }
 
     #[test]
