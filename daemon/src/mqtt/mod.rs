@@ -40,8 +40,8 @@ use crate::config::{CodeFormat, OverloadPolicy, ValidSettings};
 use crate::metrics::{now_ms, LogLimiter, Metrics};
 use crate::outbox::Outbox;
 use crate::wire::{
-    decode_payload_stamped, CodeMessage, OutboundEvent, Reading, StatusMessage, TopicTemplate,
-    TsSource, MAX_KEY_BYTES,
+    decode_payload_stamped, looks_like_seconds, CodeMessage, OutboundEvent, Reading, StatusMessage,
+    TopicTemplate, TsSource, MAX_KEY_BYTES,
 };
 use crate::worker::{Dispatch, Workers};
 
@@ -452,6 +452,7 @@ pub struct Ingest {
 
 static TOPIC_LOG: LogLimiter = LogLimiter::new(10_000);
 static PAYLOAD_LOG: LogLimiter = LogLimiter::new(10_000);
+static SECONDS_LOG: LogLimiter = LogLimiter::new(60_000);
 
 impl Ingest {
     /// Polls the event loop until the clean disconnect has gone out (or, once stopping, the
@@ -644,6 +645,17 @@ impl Ingest {
                 return None;
             }
         };
+        if ts_source == TsSource::Payload && looks_like_seconds(ts_ms) {
+            if let Some(held) = SECONDS_LOG.allow(now) {
+                tracing::warn!(
+                    topic = %p.topic,
+                    ts = ts_ms,
+                    suppressed = held,
+                    "numeric ts is read as milliseconds since the epoch, which puts this sample in 1970; \
+                     it looks like seconds: send milliseconds or an RFC 3339 string"
+                );
+            }
+        }
         let d = Dispatch {
             reading: Reading {
                 key,

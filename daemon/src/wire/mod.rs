@@ -11,7 +11,7 @@ pub use events::{
     AnomalyMessage, CodeMessage, NoDataMessage, OutboundEvent, StatusMessage, SCHEMA_VERSION,
 };
 pub use payload::{
-    decode_payload, decode_payload_stamped, PayloadError, PayloadErrorKind, PayloadLimits, Reading,
-    TsSource, MAX_ABS_VALUE,
+    decode_payload, decode_payload_stamped, looks_like_seconds, PayloadError, PayloadErrorKind,
+    PayloadLimits, Reading, TsSource, MAX_ABS_VALUE,
 };
 pub use topic::{TopicTemplate, MAX_KEY_BYTES};

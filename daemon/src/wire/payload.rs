@@ -5,7 +5,8 @@
 //! - a bare number: `1.2` (the arrival time is the timestamp)
 //!
 //! `ts` is milliseconds since the Unix epoch or an RFC 3339 string; without it (or `null`) the
-//! arrival time is used. Other JSON fields are ignored. Channels are ordered by name.
+//! arrival time is used. Other JSON fields are ignored. Channels are ordered by name. A numeric
+//! `ts` that looks like seconds ([`looks_like_seconds`]) is still milliseconds; the ingest logs it.
 //!
 //! Every payload is hostile until decoded, so the decoder is bounded in time, stack and memory
 //! by the payload's size and [`PayloadLimits`]:
@@ -160,6 +161,15 @@ pub enum TsSource {
     Payload,
     /// The payload had none (a bare number, no `ts`, `"ts": null`): the arrival time.
     Arrival,
+}
+
+/// Whether a payload's numeric `ts`, read as milliseconds as documented, looks like seconds
+/// since the epoch: as milliseconds it falls in 1970-01-12 .. 1970-04-27, as seconds in
+/// 2001-09-09 .. 2286-11-20. Devices that send seconds are common; the value is still taken
+/// as milliseconds (guessing would make one stream's clock depend on its first value), and
+/// the daemon logs what it saw so a user whose events are dated 1970 learns why.
+pub fn looks_like_seconds(ts_ms: i64) -> bool {
+    (1_000_000_000..10_000_000_000).contains(&ts_ms)
 }
 
 /// A decoded payload: timestamp, where it comes from, channels sorted by name.

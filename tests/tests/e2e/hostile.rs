@@ -212,3 +212,43 @@ fn a_key_too_long_for_outgoing_topics_is_refused_and_counted() {
     assert!(daemon.is_running(), "the daemon died:\n{}", daemon.output());
     assert_eq!(daemon.stop().expect("stop").code(), Some(0));
 }
+
+/// A device that sends `ts` in seconds (1 767 600 000 = 2026-01-05 as seconds, 1970-01-21 as
+/// milliseconds). Proves the sample is taken as documented (milliseconds: not refused, not
+/// guessed) and the log says the timestamp looks like seconds, naming the topic.
+#[test]
+fn a_timestamp_in_seconds_is_taken_as_milliseconds_and_logged() {
+    let broker = Mosquitto::start().expect("start mosquitto");
+    let config = TestConfig::new("seconds", broker.port());
+    let mut daemon = start_online(&config);
+    let mut client = TestClient::connect(broker.port(), &format!("{}-pub", config.node_id))
+        .expect("connect publisher");
+    let topic = config.input_topic("site/secs");
+    for i in 0..3u64 {
+        client
+            .publish(
+                &topic,
+                format!("{{\"ts\":{},\"value\":{i}}}", 1_767_600_000 + i),
+            )
+            .expect("publish");
+    }
+    client.flush().expect("broker acknowledged every message");
+    let line = daemon
+        .process()
+        .wait_for_line(TIMEOUT, |l| l.contains("looks like seconds"))
+        .unwrap_or_else(|| panic!("no warning; output:\n{}", daemon.output()));
+    assert!(
+        line.contains(&topic) && line.contains("1767600000"),
+        "{line}"
+    );
+    let s = daemon
+        .wait_for_summary(TIMEOUT, |s| s.get("samples") >= 3)
+        .unwrap_or_else(|| panic!("samples not taken; last: {:?}", daemon.last_summary()));
+    assert_eq!(s.get("payload_errors"), 0, "{}", s.line);
+    assert_eq!(
+        daemon.output().matches("looks like seconds").count(),
+        1,
+        "one warning a minute, not one a sample"
+    );
+    assert_eq!(daemon.stop().expect("stop").code(), Some(0));
+}

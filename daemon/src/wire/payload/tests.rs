@@ -510,3 +510,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn timestamps_in_seconds_are_recognised_but_read_as_documented() {
+    for secs in [1_000_000_000i64, 1_767_600_000, 9_999_999_999] {
+        assert!(looks_like_seconds(secs), "{secs}");
+    }
+    for ms in [0i64, 999_999_999, 10_000_000_000, 1_767_600_000_000] {
+        assert!(!looks_like_seconds(ms), "{ms}");
+    }
+    let (ts, source, _) =
+        decode_payload_stamped(br#"{"ts": 1767600000, "value": 1}"#, 0, &limits(1024)).unwrap();
+    assert_eq!((ts, source), (1_767_600_000, TsSource::Payload));
+}
