@@ -651,8 +651,8 @@ impl Ingest {
                     topic = %p.topic,
                     ts = ts_ms,
                     suppressed = held,
-                    "numeric ts is read as milliseconds since the epoch, which puts this sample in 1970; \
-                     it looks like seconds: send milliseconds or an RFC 3339 string"
+                    "ts read as milliseconds since the epoch puts this sample in 1970; \
+                     a number this size looks like seconds: send milliseconds or an RFC 3339 string"
                 );
             }
         }
