@@ -345,3 +345,41 @@ fn timestamp_less_bursts_and_oversized_keys_replay_as_the_daemon_takes_them() {
     assert_eq!(codes.lines().count(), 18, "{codes}");
     assert!(codes.lines().all(|l| l.contains("code/plant1/pump1")));
 }
+
+/// As the daemon: a recording whose `ts` is in seconds is replayed as milliseconds (as
+/// documented: 1970 dates), not guessed, and the replay says so once, naming the first line.
+#[test]
+fn a_recording_with_timestamps_in_seconds_is_replayed_as_milliseconds_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("secs.jsonl");
+    let mut text = String::new();
+    // A line in milliseconds first, then 40 in seconds (each a second after the other).
+    for (i, ts) in std::iter::once(1_000_000)
+        .chain((0..40).map(|i| 1_767_600_000 + i))
+        .enumerate()
+    {
+        let line = serde_json::json!({
+            "time_ms": 1_767_600_000_000i64 + i as i64,
+            "topic": "sensors/plant1/pump1",
+            "qos": 1,
+            "payload": format!("{{\"ts\": {ts}, \"value\": {}}}", (i as f64 * 0.3).sin()),
+        });
+        text.push_str(&format!("{line}\n"));
+    }
+    std::fs::write(&rec, text).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let r = replay_ok(&rec, &out, &[]);
+    let err = stderr(&r);
+    assert!(err.contains("41 samples"), "{err}");
+    assert!(
+        err.contains("secs.jsonl:2: ts 1767600000 read as milliseconds")
+            && err.contains("(40 messages like it)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("looks like seconds").count(), 1, "{err}");
+    // The windows are dated as the timestamps say, read as milliseconds: 1970-01-21.
+    let codes = std::fs::read_to_string(&out).unwrap();
+    let first: serde_json::Value = serde_json::from_str(codes.lines().next().unwrap()).unwrap();
+    let start = first["payload"]["window_start_ms"].as_i64().unwrap();
+    assert!((1_000_000..1_767_600_040).contains(&start), "{first}");
+}

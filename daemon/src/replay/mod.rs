@@ -252,6 +252,14 @@ fn offline_cli(
             c.gaps
         );
         report_skips(&rec.path, &run.skips);
+        if let Some((line, ts)) = run.first_seconds_like {
+            eprintln!(
+                "{}:{line}: ts {ts} read as milliseconds since the epoch is in 1970; a number this size \
+                 looks like seconds ({} messages like it): record milliseconds or RFC 3339 strings",
+                rec.path.display(),
+                run.seconds_like
+            );
+        }
         if c.samples == 0 {
             drop(w);
             let _ = std::fs::remove_file(&tmp);

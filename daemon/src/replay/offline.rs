@@ -23,7 +23,10 @@ use sparsewatch_dsp::{Pipeline, PushOutcome, Sample};
 use super::input::{Recording, Skip};
 use crate::config::ValidSettings;
 use crate::mqtt::{anomaly_topic, code_topic};
-use crate::wire::{decode_payload_stamped, AnomalyMessage, CodeMessage, TsSource, MAX_KEY_BYTES};
+use crate::wire::{
+    decode_payload_stamped, looks_like_seconds, AnomalyMessage, CodeMessage, TsSource,
+    MAX_KEY_BYTES,
+};
 
 /// One output line.
 #[derive(Serialize)]
@@ -81,6 +84,11 @@ pub struct OfflineRun {
     pub counts: Counts,
     /// Skipped messages with their line (all of them; the CLI prints the first few).
     pub skips: Vec<Skip>,
+    /// Messages whose `ts` looks like seconds ([`looks_like_seconds`]): taken as
+    /// milliseconds, as the daemon takes them, and reported (the daemon logs them).
+    pub seconds_like: u64,
+    /// The line and `ts` of the first of them.
+    pub first_seconds_like: Option<(usize, i64)>,
 }
 
 struct Stream {
@@ -147,6 +155,10 @@ pub fn run(
                 continue;
             }
         };
+        if source == TsSource::Payload && looks_like_seconds(ts) {
+            run.seconds_like += 1;
+            run.first_seconds_like.get_or_insert((r.line, ts));
+        }
         if !streams.contains_key(&key) {
             if streams.len() >= s.workers.max_streams {
                 c.skipped += 1;

@@ -164,7 +164,7 @@ pub enum TsSource {
 }
 
 /// Whether a payload's numeric `ts`, read as milliseconds as documented, looks like seconds
-/// since the epoch: as milliseconds it falls in 1970-01-12 .. 1970-04-27, as seconds in
+/// since the epoch: as milliseconds it falls in 1970-01-12 .. 1970-04-26, as seconds in
 /// 2001-09-09 .. 2286-11-20. Devices that send seconds are common; the value is still taken
 /// as milliseconds (guessing would make one stream's clock depend on its first value), and
 /// the daemon logs what it saw so a user whose events are dated 1970 learns why.
