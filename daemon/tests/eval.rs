@@ -76,6 +76,16 @@ fn run_ok(args: &[&str]) -> String {
 }
 
 /// Every normalised score in the JSON report, as (input, profile, score).
+/// The summary line of `detector` (after the `summary` heading that ends the output).
+fn summary_line(stdout: &str, detector: &str) -> String {
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("summary ("));
+    assert!(lines.next().is_some(), "no summary in:\n{stdout}");
+    lines
+        .find(|l| l.split_whitespace().next() == Some(detector))
+        .unwrap_or_else(|| panic!("no summary line for {detector} in:\n{stdout}"))
+        .to_string()
+}
+
 fn normalised_scores(json: &serde_json::Value) -> Vec<(String, String, f64)> {
     let mut out = vec![];
     for run in json["nab"]["runs"].as_array().unwrap() {
@@ -115,6 +125,23 @@ fn eval_nab_on_a_tiny_corpus_writes_tables_json_and_results() {
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    // The summary after the tables: the detections' standard score, as in the JSON.
+    let headline = |json: &serde_json::Value| {
+        json["nab"]["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["input"] == "detections")
+            .unwrap()["profiles"][0]["normalised"]
+            .as_f64()
+            .unwrap()
+    };
+    let summary = summary_line(&stdout, "baseline");
+    assert!(
+        summary.contains(&format!(" NAB {:.2} (low_FP ", headline(&json)))
+            && !summary.contains("SKAB"),
+        "{summary}"
+    );
     assert_eq!(json["nab"]["files"], 2);
     assert_eq!(json["nab"]["windows"], 1);
     let scores = normalised_scores(&json);
@@ -224,8 +251,9 @@ fn nab_dev() -> Option<PathBuf> {
     p.is_dir().then_some(p)
 }
 
-/// On the real `nab-dev` subset (CI has it; skipped where it is absent): every normalised
-/// score is finite and within [-1000, 100], and the null detector scores exactly 0.
+/// On the real `nab-dev` and `skab-dev` subsets (CI has them; skipped where they are absent):
+/// every normalised score is finite and within [-1000, 100], the null detector scores exactly
+/// 0, and the summary line after the tables carries both benchmarks' headline figures.
 #[test]
 fn eval_nab_dev_scores_are_sane_and_null_scores_zero() {
     let Some(dir) = nab_dev() else {
@@ -234,16 +262,27 @@ fn eval_nab_dev_scores_are_sane_and_null_scores_zero() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let json_path = tmp.path().join("nab.json");
-    run_ok(&[
+    let skab = dir.join("../skab-dev");
+    let stdout = run_ok(&[
         "eval",
         "--nab",
         dir.to_str().unwrap(),
+        "--skab",
+        skab.to_str().unwrap(),
         "--json",
         json_path.to_str().unwrap(),
     ]);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(json["nab"]["files"], 34);
+    // The summary line of the default detector carries both benchmarks' headline figures.
+    let detector = json["detectors"][0].as_str().unwrap();
+    let summary = summary_line(&stdout, detector);
+    let f1 = json["skab"]["runs"][0]["metrics"]["f1"].as_f64().unwrap();
+    assert!(
+        summary.contains(" NAB ") && summary.contains(&format!("| SKAB F1 {f1:.3} FAR ")),
+        "{summary}"
+    );
     let scores = normalised_scores(&json);
     for (input, profile, s) in &scores {
         assert!(

@@ -156,6 +156,62 @@ impl Display for EvalReport {
         if let Some(skab) = &self.skab {
             write!(f, "\n{skab}")?;
         }
+        self.write_summary(f)
+    }
+}
+
+impl EvalReport {
+    /// One line per detector after the tables: the figures a reader came for (the NAB scores
+    /// of the daemon's own detections, SKAB's totals), so they need not be found among the
+    /// per-file rows and the other inputs' tables.
+    fn write_summary(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        if self.nab.is_none() && self.skab.is_none() {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "\nsummary (NAB: score of the daemon's detections, standard profile, then low-FP and \
+             low-FN; SKAB: every file's rows together):"
+        )?;
+        for detector in &self.detectors {
+            write!(f, "  {detector:<9}")?;
+            let run = self.nab.as_ref().and_then(|n| {
+                n.runs
+                    .iter()
+                    .find(|r| &r.detector == detector && r.input == "detections")
+            });
+            if let Some(run) = run {
+                let score = |i: usize| run.profiles.get(i).and_then(|p| p.normalised);
+                let counts = run.profiles.first();
+                write!(
+                    f,
+                    " NAB {} (low_FP {}, low_FN {}; tp {} fp {} fn {})",
+                    opt(score(0), 2),
+                    opt(score(1), 2),
+                    opt(score(2), 2),
+                    counts.map_or(0, |p| p.tp),
+                    counts.map_or(0, |p| p.fp),
+                    counts.map_or(0, |p| p.fn_),
+                )?;
+            }
+            let skab = self
+                .skab
+                .as_ref()
+                .and_then(|s| s.runs.iter().find(|r| &r.detector == detector));
+            if let Some(r) = skab {
+                if run.is_some() {
+                    write!(f, " |")?;
+                }
+                write!(
+                    f,
+                    " SKAB F1 {} FAR {} % MAR {} %",
+                    opt(r.metrics.f1, 3),
+                    opt(r.metrics.far, 1),
+                    opt(r.metrics.mar, 1)
+                )?;
+            }
+            writeln!(f)?;
+        }
         Ok(())
     }
 }
