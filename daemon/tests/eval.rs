@@ -75,7 +75,6 @@ fn run_ok(args: &[&str]) -> String {
     text(&out.stdout)
 }
 
-/// Every normalised score in the JSON report, as (input, profile, score).
 /// The summary line of `detector` (after the `summary` heading that ends the output).
 fn summary_line(stdout: &str, detector: &str) -> String {
     let mut lines = stdout.lines().skip_while(|l| !l.starts_with("summary ("));
@@ -86,6 +85,7 @@ fn summary_line(stdout: &str, detector: &str) -> String {
         .to_string()
 }
 
+/// Every normalised score in the JSON report, as (input, profile, score).
 fn normalised_scores(json: &serde_json::Value) -> Vec<(String, String, f64)> {
     let mut out = vec![];
     for run in json["nab"]["runs"].as_array().unwrap() {
