@@ -56,7 +56,15 @@ pub fn read_jsonl_numbered(path: &Path) -> anyhow::Result<Vec<(usize, FixtureMes
             continue;
         }
         let m: FixtureMessage = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not a fixture message", path.display(), i + 1))?;
+            .with_context(|| {
+                format!(
+                    "{}:{}: not a fixture message (one JSON object per line: \
+                     {{\"time_ms\":…,\"topic\":\"…\",\"qos\":1,\"payload\":\"<the MQTT payload as a JSON \
+                     string>\"}}; replay --out files hold the daemon's output, not sensor input)",
+                    path.display(),
+                    i + 1
+                )
+            })?;
         if let Some(prev) = out.last().map(|(_, p): &(usize, FixtureMessage)| p.time_ms) {
             if m.time_ms < prev {
                 bail!(

@@ -173,7 +173,7 @@ fn csv_replays_deterministically_and_skips_non_numbers() {
 #[test]
 fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str, &[&str], &str); 6] = [
+    let cases: [(&str, &str, &[&str], &str); 7] = [
         (
             "short.csv",
             "timestamp,a\n1767600000000,1\n1767600001000\n",
@@ -191,7 +191,16 @@ fn bad_input_is_a_clear_error() {
             "nocol.csv",
             "time,a\n1767600000000,1\n",
             &[],
-            "nocol.csv:1: missing column `timestamp`",
+            "nocol.csv:1: missing column `timestamp` (header: time,a; delimiter ','): name the \
+             timestamp column with --ts-column",
+        ),
+        (
+            "labelled.csv",
+            "datetime;a;b;anomaly;changepoint\n1767600000000;1;2;0;0\n",
+            &["--csv-delimiter", ";", "--ts-column", "datetime"],
+            "labelled.csv:1: columns `anomaly`, `changepoint` look like labels, not sensor signals; \
+             without --columns every column but the timestamp is a channel: name the channels, \
+             e.g. --columns 'a,b'",
         ),
         (
             "badcol.csv",
@@ -203,7 +212,7 @@ fn bad_input_is_a_clear_error() {
             "broken.jsonl",
             "{\"time_ms\":1,\"topic\":\"sensors/a/b\",\"payload\":\"1\"}\n{oops\n",
             &[],
-            "broken.jsonl:2: not a fixture message",
+            "broken.jsonl:2: not a fixture message (one JSON object per line",
         ),
     ];
     for (name, text, extra, expected) in cases {
@@ -382,4 +391,36 @@ fn a_recording_with_timestamps_in_seconds_is_replayed_as_milliseconds_and_report
     let first: serde_json::Value = serde_json::from_str(codes.lines().next().unwrap()).unwrap();
     let start = first["payload"]["window_start_ms"].as_i64().unwrap();
     assert!((1_000_000..1_767_600_040).contains(&start), "{first}");
+}
+
+/// A stream too wide for the dictionary replays, and the user is told why it has no codes
+/// instead of finding "0 codes" in the counts.
+#[test]
+fn a_stream_too_wide_for_codes_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("wide.csv");
+    let names: Vec<String> = (0..9).map(|c| format!("c{c}")).collect();
+    let mut text = format!("timestamp,{}\n", names.join(","));
+    for i in 0..200i64 {
+        let row: Vec<String> = (0..9)
+            .map(|c| format!("{:.4}", ((i + c) as f64 * 0.1).sin()))
+            .collect();
+        text.push_str(&format!(
+            "{},{}\n",
+            1_767_600_000_000 + i * 1000,
+            row.join(",")
+        ));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let r = replay_ok(&csv, &out, &["--key", "plant1/wide"]);
+    let err = stderr(&r);
+    assert!(err.contains("0 codes"), "{err}");
+    assert!(
+        err.contains(
+            "stream plant1/wide: no codes (nor atoms in its events): 9 channels × window_len 32 \
+             = 288 is above pipeline.coding.max_dim 256"
+        ),
+        "{err}"
+    );
 }

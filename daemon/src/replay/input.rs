@@ -13,6 +13,7 @@
 //! |---|---|
 //! | empty file, header only, no usable row | error naming the file |
 //! | `--ts-column` or a `--columns` name missing from the header | error `file:1` with the header |
+//! | no `--columns`, and a column named like a label (`anomaly`, `changepoint`, `label`, …) | error `file:1` suggesting `--columns` without it |
 //! | a row with too few or too many fields, an unreadable timestamp | error `file:line` |
 //! | a timestamp earlier than the row before (JSONL: `time_ms` going backwards) | error `file:line` |
 //! | a JSONL line that is not a fixture message | error `file:line` |
@@ -151,9 +152,52 @@ fn read_csv(path: &Path, opts: &CsvOptions, template: &str) -> Result<Recording>
             )
         })
     };
-    let ts_col = column(&opts.ts_column)?;
+    let ts_col = header
+        .iter()
+        .position(|h| *h == opts.ts_column)
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: missing column `{}` (header: {}; delimiter {:?}): name the timestamp \
+                 column with --ts-column",
+                at(1),
+                opts.ts_column,
+                header.join(","),
+                opts.delimiter
+            )
+        })?;
     let value_cols: Vec<usize> = if opts.columns.is_empty() {
-        (0..header.len()).filter(|&c| c != ts_col).collect()
+        let all: Vec<usize> = (0..header.len()).filter(|&c| c != ts_col).collect();
+        // A labelled benchmark's label column fed as a signal makes the detector "find" the
+        // labelled anomaly in the label itself: a result that looks right and means nothing.
+        let labels: Vec<&str> = all
+            .iter()
+            .map(|&c| header[c])
+            .filter(|h| looks_like_label(h))
+            .collect();
+        if !labels.is_empty() {
+            let signals: Vec<&str> = all
+                .iter()
+                .map(|&c| header[c])
+                .filter(|h| !looks_like_label(h))
+                .collect();
+            let named = labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let what = if labels.len() > 1 {
+                format!("columns {named} look like labels, not sensor signals")
+            } else {
+                format!("column {named} looks like a label, not a sensor signal")
+            };
+            bail!(
+                "{}: {what}; without --columns every column but the timestamp is a channel: \
+                 name the channels, e.g. --columns '{}'",
+                at(1),
+                signals.join(",")
+            );
+        }
+        all
     } else {
         opts.columns
             .iter()
@@ -237,6 +281,20 @@ fn read_csv(path: &Path, opts: &CsvOptions, template: &str) -> Result<Recording>
     Ok(rec)
 }
 
+/// Column names that label a row rather than measure something (NAB's and SKAB's, and the
+/// usual spellings): compared without case, `_`, `-` or spaces.
+fn looks_like_label(name: &str) -> bool {
+    let norm: String = name
+        .chars()
+        .filter(|c| !matches!(c, '_' | '-' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect();
+    matches!(
+        norm.as_str(),
+        "anomaly" | "anomalies" | "isanomaly" | "changepoint" | "label" | "labels" | "outlier"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +326,27 @@ mod tests {
             Some(1_767_600_000_000)
         );
         assert_eq!(parse_csv_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn label_columns_are_recognised_in_their_usual_spellings() {
+        for name in [
+            "anomaly",
+            "Anomaly",
+            "is_anomaly",
+            "changepoint",
+            "change-point",
+            "Label",
+        ] {
+            assert!(looks_like_label(name), "{name}");
+        }
+        for name in [
+            "Accelerometer1RMS",
+            "anomaly_score",
+            "value",
+            "labelled_flow",
+        ] {
+            assert!(!looks_like_label(name), "{name}");
+        }
     }
 }

@@ -179,6 +179,27 @@ pub fn run_cli(opts: &ReplayOptions, settings: &ValidSettings) -> Result<()> {
     }
 }
 
+/// A line for each stream too wide for the dictionary: it gets no codes, and its events no
+/// atoms, which a user otherwise only finds as "0 codes" in the counts.
+fn codeless_streams(settings: &ValidSettings, streams: &[offline::StreamTrace]) -> Vec<String> {
+    let p = settings.pipeline.get();
+    let (len, max_dim) = (p.framer.window_len, p.coding.max_dim);
+    streams
+        .iter()
+        .filter(|s| len * s.channel_names.len() > max_dim)
+        .map(|s| {
+            let channels = s.channel_names.len();
+            format!(
+                "stream {}: no codes (nor atoms in its events): {channels} channels × window_len \
+                 {len} = {} is above pipeline.coding.max_dim {max_dim}; replay fewer channels \
+                 (--columns) or raise max_dim (the dictionary costs O(n³) per learning step)",
+                s.key,
+                len * channels
+            )
+        })
+        .collect()
+}
+
 /// A progress bar on stderr, hidden when stderr is not a terminal.
 fn progress(len: u64, path: &Path) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -252,6 +273,9 @@ fn offline_cli(
             c.gaps
         );
         report_skips(&rec.path, &run.skips);
+        for note in codeless_streams(settings, &run.streams) {
+            eprintln!("{}: {note}", rec.path.display());
+        }
         if let Some((line, ts)) = run.first_seconds_like {
             eprintln!(
                 "{}:{line}: ts {ts} read as milliseconds since the epoch is in 1970; a number this size \
