@@ -122,6 +122,31 @@ fn eval_nab_on_a_tiny_corpus_writes_tables_json_and_results() {
     ]);
     assert!(stdout.contains("synthetic/step.csv") && stdout.contains("reward_low_FN_rate"));
     assert!(stdout.contains("window_len 32 hop 4"), "{stdout}");
+    // Each of the three inputs' tables says what it is right under its heading.
+    for (heading, legend) in [
+        (
+            "scored from likelihood:",
+            "every row's likelihood, threshold swept",
+        ),
+        (
+            "scored from detections:",
+            "one row per incident onset at the alert threshold",
+        ),
+        (
+            "scored from events:",
+            "the onset rows' likelihoods, 0 elsewhere",
+        ),
+    ] {
+        let next = stdout
+            .lines()
+            .skip_while(|l| !l.ends_with(heading))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no `{heading}` table in:\n{stdout}"));
+        assert!(
+            next.starts_with(&format!("  ({legend}")),
+            "{heading}: {next}"
+        );
+    }
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();

@@ -181,6 +181,10 @@ pub struct NabCorpus {
 
 /// `DIR/name`, or `DIR/alt/name` as in a NAB checkout (`labels/`, `config/`).
 fn find(dir: &Path, name: &str, alt: &str) -> Result<PathBuf> {
+    // "no combined_windows.json" would send a user with a mistyped path looking for a file.
+    if !dir.is_dir() {
+        bail!("{}: no such directory", dir.display());
+    }
     [dir.join(name), dir.join(alt).join(name)]
         .into_iter()
         .find(|p| p.is_file())

@@ -233,6 +233,9 @@ impl Display for NabReport {
 impl Display for NabRun {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         writeln!(f, "detector {}, scored from {}:", self.detector, self.input)?;
+        if let Some(what) = input_legend(&self.input) {
+            writeln!(f, "  ({what})")?;
+        }
         let names: Vec<&str> = self.profiles.iter().map(|p| short(&p.profile)).collect();
         write!(
             f,
@@ -290,6 +293,27 @@ impl Display for NabRun {
         }
         Ok(())
     }
+}
+
+/// What a NAB input is, for the line under its table's heading: three tables per detector
+/// otherwise leave a reader guessing why one of them scores 0.
+fn input_legend(input: &str) -> Option<&'static str> {
+    Some(match input {
+        "likelihood" => {
+            "every row's likelihood, threshold swept per profile as NAB does: a score that \
+             stays high through an incident pays for each of its rows outside a window, so this \
+             input scores low; for comparison only"
+        }
+        "detections" => {
+            "one row per incident onset at the alert threshold: the events the daemon \
+             publishes; the headline score"
+        }
+        "events" => {
+            "the onset rows' likelihoods, 0 elsewhere, threshold swept: what --results writes \
+             for NAB's own scorer"
+        }
+        _ => return None,
+    })
 }
 
 fn short(profile: &str) -> &str {
