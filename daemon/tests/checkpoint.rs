@@ -215,6 +215,21 @@ fn a_flipped_byte_is_caught_by_the_checksums() {
         std::fs::write(&path, &bytes).unwrap();
         assert_falls_back(dir.path(), expect);
     }
+    // A foreign file shorter than a header is not a checkpoint either, rather than a
+    // "truncated" one (`inspect /etc/hostname`); a short file that begins like one is truncated.
+    for (bytes, truncated) in [(&b"edge-1\n"[..], false), (b"", true), (b"SWST", true)] {
+        let e = sparsewatch::checkpoint::split_file(bytes).unwrap_err();
+        assert_eq!(
+            matches!(e, CheckpointError::Truncated { .. }),
+            truncated,
+            "{bytes:?}: {e}"
+        );
+        assert_eq!(
+            matches!(e, CheckpointError::BadMagic),
+            !truncated,
+            "{bytes:?}: {e}"
+        );
+    }
 }
 
 /// A file from a future format version is reported as such, not misread; one of version 1

@@ -265,6 +265,13 @@ pub fn decode_file(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
 /// Checks the header and checksums, and splits the payload into the meta and the raw
 /// stream records.
 pub fn split_file(bytes: &[u8]) -> Result<(Meta, Vec<&[u8]>), CheckpointError> {
+    // A file too short for a header is a truncated checkpoint only if what it has begins
+    // like one; anything else (`inspect /etc/hostname`) is not a checkpoint at all.
+    if bytes.len() < HEADER_LEN
+        && bytes[..bytes.len().min(MAGIC.len())] != MAGIC[..bytes.len().min(MAGIC.len())]
+    {
+        return Err(CheckpointError::BadMagic);
+    }
     if bytes.len() < HEADER_LEN {
         return Err(CheckpointError::Truncated {
             expected: HEADER_LEN as u64,
