@@ -1,7 +1,8 @@
 //! Pictures of a replayed stream (`replay --plot`, `eval --plots`), drawn with `plotters`.
 //!
 //! One figure per stream or file: a panel per channel (small multiples) with the signal, the
-//! labelled anomaly windows shaded and the detections marked; under them one panel with the
+//! labelled anomaly windows shaded (and a benchmark's unscored probation, grey) and the
+//! detections marked; under them one panel with the
 //! raw anomaly score (left axis, 0..1) and the anomaly likelihood as the pipeline reports it
 //! (right axis, 0..1; on the log scale 0.4 is L = 0.9999 and 0.5 is L = 0.99999) with
 //! the alert threshold. Time runs along the
@@ -28,6 +29,9 @@ pub struct PlotData {
     pub threshold: Option<f64>,
     /// Labelled anomaly windows (start, end).
     pub labelled: Vec<(i64, i64)>,
+    /// A span the benchmark does not score (NAB's probation: the first 15 % of a file), shaded
+    /// grey, so a detection there is seen not to count.
+    pub unscored: Option<(i64, i64)>,
     /// Detections: the onset window (start, end); marked at its end.
     pub detections: Vec<(i64, i64)>,
 }
@@ -43,6 +47,7 @@ const LIKELIHOOD: RGBColor = RGBColor(20, 120, 60);
 const THRESHOLD: RGBColor = RGBColor(200, 30, 30);
 const DETECTION: RGBColor = RGBColor(200, 30, 30);
 const LABELLED: RGBAColor = RGBAColor(255, 150, 0, 0.22);
+const UNSCORED: RGBAColor = RGBAColor(120, 120, 120, 0.12);
 
 /// Checks that `path` names a format [`write`] can produce (`.svg` or `.png`), so a command
 /// can refuse a wrong `--plot` before doing the work rather than after.
@@ -275,6 +280,15 @@ fn draw_events<DB: DrawingBackend>(
     (y0, y1): (f64, f64),
     legend: bool,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let unscored =
+        chart.draw_series(data.unscored.iter().map(|&(s, e)| {
+            Rectangle::new([(clock.x(s), y0), (clock.x(e), y1)], UNSCORED.filled())
+        }))?;
+    if legend && data.unscored.is_some() {
+        unscored
+            .label("not scored (NAB probation)")
+            .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], UNSCORED.filled()));
+    }
     let shaded =
         chart.draw_series(data.labelled.iter().map(|&(s, e)| {
             Rectangle::new([(clock.x(s), y0), (clock.x(e), y1)], LABELLED.filled())

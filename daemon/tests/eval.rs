@@ -109,6 +109,7 @@ fn eval_nab_on_a_tiny_corpus_writes_tables_json_and_results() {
     let nab = tiny_nab(dir.path());
     let json_path = dir.path().join("out.json");
     let results = dir.path().join("results");
+    let plots = dir.path().join("plots");
     let stdout = run_ok(&[
         "eval",
         "--nab",
@@ -119,8 +120,18 @@ fn eval_nab_on_a_tiny_corpus_writes_tables_json_and_results() {
         json_path.to_str().unwrap(),
         "--results",
         results.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+        "--plot-format",
+        "svg",
     ]);
     assert!(stdout.contains("synthetic/step.csv") && stdout.contains("reward_low_FN_rate"));
+    // The figure shades the labelled window and NAB's unscored probation, each in the legend
+    // (SVG keeps text as text).
+    let svg = std::fs::read_to_string(plots.join("baseline").join("synthetic_step.svg")).unwrap();
+    for legend in ["labelled anomaly window", "not scored (NAB probation)"] {
+        assert!(svg.contains(legend), "no `{legend}` in the figure");
+    }
     assert!(stdout.contains("window_len 32 hop 4"), "{stdout}");
     // Each of the three inputs' tables says what it is right under its heading.
     for (heading, legend) in [

@@ -189,7 +189,10 @@ fn evaluate_nab(
         if let Some((out, format)) = &opts.plots {
             for (f, r) in corpus.files.iter().zip(&replays) {
                 let ranges = f.labels.windows().iter().map(|w| (w.first, w.last));
-                plots::write(out, format, name, &f.key, &f.series, r, ranges, params)?;
+                let probation = nab::probation_rows(f.series.rows());
+                plots::write(
+                    out, format, name, &f.key, &f.series, r, ranges, probation, params,
+                )?;
             }
         }
         let likelihood: Vec<&[f64]> = replays.iter().map(|r| &r.likelihood[..]).collect();
@@ -339,7 +342,7 @@ fn evaluate_skab(
             let labels = f.labels.as_deref().unwrap_or_default();
             if let Some((out, format)) = &opts.plots {
                 let ranges = plots::row_ranges(labels);
-                plots::write(out, format, name, &f.name, &f.series, r, ranges, params)?;
+                plots::write(out, format, name, &f.name, &f.series, r, ranges, 0, params)?;
             }
             let counts = Confusion::count(&r.alerting, labels);
             total.add(counts);

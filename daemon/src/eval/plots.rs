@@ -1,7 +1,8 @@
 //! `eval --plots DIR`: a figure per benchmark file and detector
 //! (`DIR/<detector>/<file>.<svg|png>`, the file's path flattened with `_`), drawn by
 //! [`crate::plot`] from the per-row replay: the signal, the raw score and likelihood of the
-//! most recent window, the threshold, the labelled windows and the detections.
+//! most recent window, the threshold, the labelled windows, NAB's unscored probation and the
+//! detections.
 
 use std::path::Path;
 
@@ -12,7 +13,8 @@ use super::corpus::Series;
 use super::runner::Replay;
 use crate::plot::{self, PlotData};
 
-/// Writes the figure of one file's replay; `labelled` are row ranges (first, last).
+/// Writes the figure of one file's replay; `labelled` are row ranges (first, last);
+/// `unscored`: the number of leading rows the benchmark does not score (NAB's probation).
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     dir: &Path,
@@ -22,6 +24,7 @@ pub fn write(
     series: &Series,
     replay: &Replay,
     labelled: impl Iterator<Item = (usize, usize)>,
+    unscored: usize,
     params: &ValidPipelineParams,
 ) -> Result<()> {
     let ts = &series.ts_ms;
@@ -45,6 +48,7 @@ pub fn write(
         likelihood: rows(&|i| replay.scored[i].then_some(replay.likelihood[i])),
         threshold: Some(params.get().alert.threshold),
         labelled: labelled.map(|(a, b)| (ts[a], ts[b])).collect(),
+        unscored: (unscored > 0).then(|| (ts[0], ts[unscored.min(ts.len()) - 1])),
         detections: (0..series.rows())
             .filter(|&i| replay.detection[i] > 0.0)
             .map(|i| (ts[i], ts[i]))

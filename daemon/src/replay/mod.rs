@@ -380,6 +380,7 @@ fn plot_data(path: &Path, s: &offline::StreamTrace, labels: Option<&fixtures::La
                     .collect()
             })
             .unwrap_or_default(),
+        unscored: None,
         detections: s.detections.clone(),
     }
 }
