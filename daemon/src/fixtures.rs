@@ -60,7 +60,7 @@ pub fn read_jsonl_numbered(path: &Path) -> anyhow::Result<Vec<(usize, FixtureMes
                 format!(
                     "{}:{}: not a fixture message (one JSON object per line: \
                      {{\"time_ms\":…,\"topic\":\"…\",\"qos\":1,\"payload\":\"<the MQTT payload as a JSON \
-                     string>\"}}; replay --out files hold the daemon's output, not sensor input)",
+                     string>\"}})",
                     path.display(),
                     i + 1
                 )

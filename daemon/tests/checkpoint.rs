@@ -215,18 +215,24 @@ fn a_flipped_byte_is_caught_by_the_checksums() {
         std::fs::write(&path, &bytes).unwrap();
         assert_falls_back(dir.path(), expect);
     }
-    // A foreign file shorter than a header is not a checkpoint either, rather than a
-    // "truncated" one (`inspect /etc/hostname`); a short file that begins like one is truncated.
-    for (bytes, truncated) in [(&b"edge-1\n"[..], false), (b"", true), (b"SWST", true)] {
+}
+
+/// A foreign file shorter than a header is "not a checkpoint", not a truncated one
+/// (`inspect /etc/hostname`); a short file that begins like one (a crash before the first
+/// write finished) is truncated.
+#[test]
+fn a_short_file_is_truncated_only_if_it_begins_like_a_checkpoint() {
+    let foreign: [&[u8]; 3] = [b"edge-1\n", b"a line of someone's notes\n", b"SWSTATE?"];
+    let begun: [&[u8]; 4] = [b"", b"SWST", b"SWSTATE\n", b"SWSTATE\n\x01\x00\x00\x00xx"];
+    for bytes in foreign {
         let e = sparsewatch::checkpoint::split_file(bytes).unwrap_err();
-        assert_eq!(
-            matches!(e, CheckpointError::Truncated { .. }),
-            truncated,
-            "{bytes:?}: {e}"
-        );
-        assert_eq!(
-            matches!(e, CheckpointError::BadMagic),
-            !truncated,
+        assert!(matches!(e, CheckpointError::BadMagic), "{bytes:?}: {e}");
+        assert_eq!(e.to_string(), "not a sparsewatch checkpoint (bad magic)");
+    }
+    for bytes in begun {
+        let e = sparsewatch::checkpoint::split_file(bytes).unwrap_err();
+        assert!(
+            matches!(e, CheckpointError::Truncated { expected: 32, got } if got == bytes.len() as u64),
             "{bytes:?}: {e}"
         );
     }

@@ -274,6 +274,25 @@ fn eval_refuses_bad_data_naming_file_and_line() {
     }
 }
 
+/// A mistyped dataset path says the directory is missing (not that a label file is), and a
+/// file given as the directory says it is not one.
+#[test]
+fn eval_names_a_missing_dataset_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nab-dve");
+    let file = dir.path().join("windows.json");
+    std::fs::write(&file, "{}").unwrap();
+    for (path, expected) in [(&missing, "no such directory"), (&file, "not a directory")] {
+        let out = sparsewatch(&["eval", "--nab", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("{}: {expected}", path.display())),
+            "{err}"
+        );
+    }
+}
+
 /// An unknown detector name is a usage error (exit 2) that names it.
 #[test]
 fn eval_rejects_unknown_detectors() {

@@ -416,6 +416,14 @@ fn a_stream_too_wide_for_codes_is_reported() {
     let r = replay_ok(&csv, &out, &["--key", "plant1/wide"]);
     let err = stderr(&r);
     assert!(err.contains("0 codes"), "{err}");
+    // Eight of the nine channels fit (8 × 32 = 256): codes, and no such line.
+    let columns = names[..8].join(",");
+    let fits = replay_ok(&csv, &out, &["--key", "plant1/wide", "--columns", &columns]);
+    let fits = stderr(&fits);
+    assert!(
+        !fits.contains("no codes") && !fits.contains(" 0 codes"),
+        "{fits}"
+    );
     assert!(
         err.contains(
             "stream plant1/wide: no codes (nor atoms in its events): 9 channels × window_len 32 \

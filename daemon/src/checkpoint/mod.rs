@@ -98,7 +98,7 @@ pub struct Checkpoint {
 /// Why a checkpoint cannot be used.
 #[derive(Debug, Error)]
 pub enum CheckpointError {
-    #[error("truncated: {got} bytes, the header says {expected}")]
+    #[error("truncated: {got} bytes, expected {expected}")]
     Truncated { expected: u64, got: u64 },
     #[error("not a sparsewatch checkpoint (bad magic)")]
     BadMagic,
@@ -265,11 +265,9 @@ pub fn decode_file(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
 /// Checks the header and checksums, and splits the payload into the meta and the raw
 /// stream records.
 pub fn split_file(bytes: &[u8]) -> Result<(Meta, Vec<&[u8]>), CheckpointError> {
-    // A file too short for a header is a truncated checkpoint only if what it has begins
-    // like one; anything else (`inspect /etc/hostname`) is not a checkpoint at all.
-    if bytes.len() < HEADER_LEN
-        && bytes[..bytes.len().min(MAGIC.len())] != MAGIC[..bytes.len().min(MAGIC.len())]
-    {
+    // Magic first: a file too short for a header is a truncated checkpoint only if what it has
+    // begins like one; anything else (`inspect /etc/hostname`) is not a checkpoint at all.
+    if !MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
         return Err(CheckpointError::BadMagic);
     }
     if bytes.len() < HEADER_LEN {
@@ -277,9 +275,6 @@ pub fn split_file(bytes: &[u8]) -> Result<(Meta, Vec<&[u8]>), CheckpointError> {
             expected: HEADER_LEN as u64,
             got: bytes.len() as u64,
         });
-    }
-    if bytes[..8] != MAGIC {
-        return Err(CheckpointError::BadMagic);
     }
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     if crc32fast::hash(&bytes[..28]) != u32_at(28) {

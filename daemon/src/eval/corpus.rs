@@ -183,7 +183,12 @@ pub struct NabCorpus {
 fn find(dir: &Path, name: &str, alt: &str) -> Result<PathBuf> {
     // "no combined_windows.json" would send a user with a mistyped path looking for a file.
     if !dir.is_dir() {
-        bail!("{}: no such directory", dir.display());
+        let what = if dir.exists() {
+            "not a directory"
+        } else {
+            "no such directory"
+        };
+        bail!("{}: {what}", dir.display());
     }
     [dir.join(name), dir.join(alt).join(name)]
         .into_iter()

@@ -65,11 +65,7 @@ pub struct Recording {
 /// Reads `path` as CSV when its extension is `.csv` (or `.txt`) or `csv` is given with a
 /// key, and as JSONL otherwise.
 pub fn read(path: &Path, csv: Option<&CsvOptions>, template: &str) -> Result<Recording> {
-    let is_csv = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("txt"));
-    match (is_csv, csv) {
+    match (is_csv(path), csv) {
         (true, Some(opts)) => read_csv(path, opts, template),
         (true, None) => bail!(
             "{}: a CSV file needs --key (the sensor key its rows belong to)",
@@ -84,6 +80,13 @@ pub fn read(path: &Path, csv: Option<&CsvOptions>, template: &str) -> Result<Rec
             skipped: vec![],
         }),
     }
+}
+
+/// Whether [`read`] reads `path` as CSV (by its extension, `.csv` or `.txt`).
+pub fn is_csv(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("txt"))
 }
 
 /// The topic a sensor with `key` publishes on under `template`: each `{name}` level takes the
@@ -185,6 +188,13 @@ fn read_csv(path: &Path, opts: &CsvOptions, template: &str) -> Result<Recording>
                 .map(|l| format!("`{l}`"))
                 .collect::<Vec<_>>()
                 .join(", ");
+            if signals.is_empty() {
+                bail!(
+                    "{}: no signal columns: besides the timestamp only {named}, which look like \
+                     labels; name the channels with --columns if they are signals",
+                    at(1)
+                );
+            }
             let what = if labels.len() > 1 {
                 format!("columns {named} look like labels, not sensor signals")
             } else {

@@ -180,10 +180,23 @@ pub fn run_cli(opts: &ReplayOptions, settings: &ValidSettings) -> Result<()> {
 }
 
 /// A line for each stream too wide for the dictionary: it gets no codes, and its events no
-/// atoms, which a user otherwise only finds as "0 codes" in the counts.
-fn codeless_streams(settings: &ValidSettings, streams: &[offline::StreamTrace]) -> Vec<String> {
+/// atoms, which a user otherwise only finds as "0 codes" in the counts. Nothing when codes
+/// are off by configuration (`max_dim = 0`): that is a choice, not a surprise.
+fn codeless_streams(
+    settings: &ValidSettings,
+    streams: &[offline::StreamTrace],
+    csv: bool,
+) -> Vec<String> {
     let p = settings.pipeline.get();
     let (len, max_dim) = (p.framer.window_len, p.coding.max_dim);
+    if max_dim == 0 {
+        return Vec::new();
+    }
+    let fewer = if csv {
+        "replay fewer channels (--columns)"
+    } else {
+        "send fewer channels per stream"
+    };
     streams
         .iter()
         .filter(|s| len * s.channel_names.len() > max_dim)
@@ -191,8 +204,8 @@ fn codeless_streams(settings: &ValidSettings, streams: &[offline::StreamTrace]) 
             let channels = s.channel_names.len();
             format!(
                 "stream {}: no codes (nor atoms in its events): {channels} channels × window_len \
-                 {len} = {} is above pipeline.coding.max_dim {max_dim}; replay fewer channels \
-                 (--columns) or raise max_dim (the dictionary costs O(n³) per learning step)",
+                 {len} = {} is above pipeline.coding.max_dim {max_dim}; {fewer} or raise max_dim \
+                 (the dictionary costs O(n³) per learning step)",
                 s.key,
                 len * channels
             )
@@ -273,7 +286,7 @@ fn offline_cli(
             c.gaps
         );
         report_skips(&rec.path, &run.skips);
-        for note in codeless_streams(settings, &run.streams) {
+        for note in codeless_streams(settings, &run.streams, input::is_csv(&rec.path)) {
             eprintln!("{}: {note}", rec.path.display());
         }
         if let Some((line, ts)) = run.first_seconds_like {
