@@ -173,7 +173,7 @@ fn csv_replays_deterministically_and_skips_non_numbers() {
 #[test]
 fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str, &[&str], &str); 7] = [
+    let cases: [(&str, &str, &[&str], &str); 8] = [
         (
             "short.csv",
             "timestamp,a\n1767600000000,1\n1767600001000\n",
@@ -201,6 +201,13 @@ fn bad_input_is_a_clear_error() {
             "labelled.csv:1: columns `anomaly`, `changepoint` look like labels, not sensor signals; \
              without --columns every column but the timestamp is a channel: name the channels, \
              e.g. --columns 'a,b'",
+        ),
+        (
+            "onlylabel.csv",
+            "timestamp,label\n1767600000000,0\n",
+            &[],
+            "onlylabel.csv:1: no signal columns: besides the timestamp only `label`, which looks \
+             like a label; name the channels with --columns if they are signals",
         ),
         (
             "badcol.csv",

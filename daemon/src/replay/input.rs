@@ -189,9 +189,14 @@ fn read_csv(path: &Path, opts: &CsvOptions, template: &str) -> Result<Recording>
                 .collect::<Vec<_>>()
                 .join(", ");
             if signals.is_empty() {
+                let look = if labels.len() > 1 {
+                    "look like labels"
+                } else {
+                    "looks like a label"
+                };
                 bail!(
-                    "{}: no signal columns: besides the timestamp only {named}, which look like \
-                     labels; name the channels with --columns if they are signals",
+                    "{}: no signal columns: besides the timestamp only {named}, which {look}; \
+                     name the channels with --columns if they are signals",
                     at(1)
                 );
             }
