@@ -40,8 +40,8 @@ use crate::config::{CodeFormat, OverloadPolicy, ValidSettings};
 use crate::metrics::{now_ms, LogLimiter, Metrics};
 use crate::outbox::Outbox;
 use crate::wire::{
-    decode_payload_stamped, looks_like_seconds, CodeMessage, OutboundEvent, Reading, StatusMessage,
-    TopicTemplate, TsSource, MAX_KEY_BYTES,
+    decode_payload_stamped, looks_like_seconds, CodeMessage, OutboundEvent, PayloadError, Reading,
+    StatusMessage, TopicTemplate, TsSource, MAX_KEY_BYTES,
 };
 use crate::worker::{Dispatch, Workers};
 
@@ -451,7 +451,10 @@ pub struct Ingest {
 }
 
 static TOPIC_LOG: LogLimiter = LogLimiter::new(10_000);
-static PAYLOAD_LOG: LogLimiter = LogLimiter::new(10_000);
+/// One limit per refusal reason: with a single one, a bad payload of one kind kept every
+/// other kind that came within 10 s out of the log, and a user could not find the topic.
+static PAYLOAD_LOG: [LogLimiter; PayloadError::REASONS] =
+    [const { LogLimiter::new(10_000) }; PayloadError::REASONS];
 static SECONDS_LOG: LogLimiter = LogLimiter::new(60_000);
 
 impl Ingest {
@@ -638,7 +641,7 @@ impl Ingest {
             Ok(v) => v,
             Err(e) => {
                 m.count_payload_error(&e);
-                if let Some(held) = PAYLOAD_LOG.allow(now) {
+                if let Some(held) = PAYLOAD_LOG[e.reason()].allow(now) {
                     tracing::warn!(topic = %p.topic, error = %e, suppressed = held, "bad payload; skipped");
                 }
                 self.ack_now(token);
