@@ -1,7 +1,8 @@
 //! `run`: the daemon's lifetime, from restoring its learned state to a clean stop.
 //!
-//! Start: bind the HTTP health and metrics port when `[http]` is enabled (a taken port fails
-//! the start), restore the last good checkpoint (if a state directory is configured), open the
+//! Start: lock the state directory (if one is configured; another daemon holding it fails the
+//! start), bind the HTTP health and metrics port when `[http]` is enabled (a taken port fails
+//! the start), restore the last good checkpoint, open the
 //! outbox, spawn the DSP workers with the restored streams, report ready (systemd `READY=1`),
 //! then spawn the publisher task, the ingest task (which connects, then subscribes; the
 //! publisher publishes the retained "online" status on every connection), the summary task,
@@ -21,6 +22,7 @@ use anyhow::Context;
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, Notify};
 
+use crate::checkpoint::store::LockError;
 use crate::checkpoint::{self, Fault, Generation, Meta, Store, StreamRecord};
 use crate::config::{self, Source, ValidSettings};
 use crate::http;
@@ -112,8 +114,10 @@ pub async fn run_service(
         "sparsewatch starting"
     );
 
+    // The state directory first: a second daemon on it must fail with that reason, not with
+    // whatever else the two share (the same http.listen would fail the bind below).
+    let store = open_store(&settings, &life)?;
     let http = start_http(&settings, &metrics).await?;
-    let store = open_store(&settings, &life);
     // Not ready (`/readyz`) until the learned state is back in the workers.
     metrics
         .health
@@ -352,7 +356,13 @@ pub fn state_dir(settings: &ValidSettings, state_directory: Option<&PathBuf>) ->
     }
 }
 
-fn open_store(settings: &ValidSettings, life: &Lifecycle) -> Option<Arc<Mutex<Store>>> {
+/// Opens and locks the state directory. Another daemon holding it fails the start; a
+/// directory that cannot be created, or locked for another reason, is logged and the
+/// daemon goes on (without learned state, respectively unguarded, as before the lock).
+fn open_store(
+    settings: &ValidSettings,
+    life: &Lifecycle,
+) -> anyhow::Result<Option<Arc<Mutex<Store>>>> {
     let Some(dir) = state_dir(settings, life.state_directory.as_ref()) else {
         const WHY: &str = "no state directory (state.dir is empty and $STATE_DIRECTORY is unset): learned state is not kept across restarts";
         // A warning for `sparsewatch run` (it takes reloads); the demo and tests embed the
@@ -362,17 +372,24 @@ fn open_store(settings: &ValidSettings, life: &Lifecycle) -> Option<Arc<Mutex<St
         } else {
             tracing::info!("{WHY}");
         }
-        return None;
+        return Ok(None);
     };
-    match Store::open(&dir) {
-        Ok(store) => Some(Arc::new(Mutex::new(
-            store.with_fault(life.checkpoint_fault.clone()),
-        ))),
+    let mut store = match Store::open(&dir) {
+        Ok(store) => store.with_fault(life.checkpoint_fault.clone()),
         Err(e) => {
             tracing::error!(dir = %dir.display(), error = %e, "cannot use the state directory: learned state is not kept across restarts");
-            None
+            return Ok(None);
+        }
+    };
+    match store.lock_exclusive() {
+        Ok(()) => {}
+        Err(e @ LockError::InUse { .. }) => return Err(e.into()),
+        // Checkpoints will most likely fail too and say so; restoring may still work.
+        Err(e) => {
+            tracing::error!(error = %e, "a second sparsewatch on this state directory would not be detected")
         }
     }
+    Ok(Some(Arc::new(Mutex::new(store))))
 }
 
 /// Loads the newest usable checkpoint, reports everything that was wrong with the others,

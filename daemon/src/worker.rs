@@ -367,7 +367,13 @@ struct Worker {
     gate: Option<std::path::PathBuf>,
 }
 
-static BAD_INPUT: LogLimiter = LogLimiter::new(10_000);
+// One limit per reason a sample is refused, so that a flood of one cannot keep the others
+// out of the log (each names the key, which is how a user finds the sender).
+static CHANNELS_LOG: LogLimiter = LogLimiter::new(10_000);
+static ORDER_LOG: LogLimiter = LogLimiter::new(10_000);
+static VALUE_LOG: LogLimiter = LogLimiter::new(10_000);
+static STREAMS_LOG: LogLimiter = LogLimiter::new(10_000);
+static FIT_LOG: LogLimiter = LogLimiter::new(10_000);
 
 impl Worker {
     fn new(ctx: WorkerContext) -> Self {
@@ -548,7 +554,7 @@ impl Worker {
                 .all(|(a, (b, _))| a == b);
         if !same_layout {
             Metrics::inc(&m.channel_mismatch);
-            if let Some(held) = BAD_INPUT.allow(now_ms()) {
+            if let Some(held) = CHANNELS_LOG.allow(now_ms()) {
                 let got: Vec<&str> = r.channels.iter().map(|(name, _)| name.as_str()).collect();
                 tracing::warn!(key = %r.key, expected = ?stream.channel_names, got = ?got, suppressed = held, "channels differ from the stream's first sample; sample skipped");
             }
@@ -563,10 +569,17 @@ impl Worker {
         } else {
             r.ts_ms
         };
-        let Ok(sample) = Sample::new(ts_ms, &stream.values) else {
-            // The decoder already refuses non-finite values; this is a second line of defence.
-            Metrics::inc(&m.payload_errors);
-            return;
+        let sample = match Sample::new(ts_ms, &stream.values) {
+            Ok(sample) => sample,
+            Err(e) => {
+                // The decoder already refuses non-finite values; this is a second line of
+                // defence.
+                Metrics::inc(&m.payload_errors);
+                if let Some(held) = VALUE_LOG.allow(now_ms()) {
+                    tracing::warn!(key = %r.key, ts = ts_ms, error = %e, suppressed = held, "sample refused by the pipeline; skipped");
+                }
+                return;
+            }
         };
         let now = now_ms();
         stream.last_arrival_ms = now;
@@ -590,11 +603,17 @@ impl Worker {
                     Metrics::inc(&m.duplicates);
                 } else {
                     Metrics::inc(&m.out_of_order);
+                    if let Some(held) = ORDER_LOG.allow(now) {
+                        tracing::warn!(key = %r.key, ts = ts_ms, last_ts = ?last_ts, suppressed = held, "timestamp not after the stream's last one; sample skipped (out of order)");
+                    }
                 }
                 return;
             }
             PushOutcome::ChannelMismatch => {
                 Metrics::inc(&m.channel_mismatch);
+                if let Some(held) = CHANNELS_LOG.allow(now) {
+                    tracing::warn!(key = %r.key, expected = ?stream.channel_names, suppressed = held, "channels differ from the stream's; sample skipped");
+                }
                 return;
             }
             PushOutcome::AfterGap => Metrics::inc(&m.gaps),
@@ -635,7 +654,7 @@ impl Worker {
         if count.fetch_add(1, Ordering::Relaxed) >= self.ctx.max_streams {
             count.fetch_sub(1, Ordering::Relaxed);
             Metrics::inc(&m.refused_streams);
-            if let Some(held) = BAD_INPUT.allow(now_ms()) {
+            if let Some(held) = STREAMS_LOG.allow(now_ms()) {
                 tracing::warn!(key = %r.key, max_streams = self.ctx.max_streams, suppressed = held, "too many streams; new key refused");
             }
             return false;
@@ -649,7 +668,7 @@ impl Worker {
             Err(e) => {
                 count.fetch_sub(1, Ordering::Relaxed);
                 Metrics::inc(&m.refused_streams);
-                if let Some(held) = BAD_INPUT.allow(now_ms()) {
+                if let Some(held) = FIT_LOG.allow(now_ms()) {
                     tracing::warn!(key = %r.key, channels, error = %e, suppressed = held, "stream refused: the detector does not fit it");
                 }
                 return false;

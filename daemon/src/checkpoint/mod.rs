@@ -27,6 +27,10 @@
 //! point leaves at least one complete, checksummed generation. On load, a current file that
 //! fails its checks is renamed `checkpoint.swst.rejected` (kept for diagnosis, and so the next
 //! write cannot rotate the good previous generation away) and the previous one is used.
+//!
+//! `lock`: the daemon's exclusive `flock` on it, held for the process lifetime, keeps a second
+//! daemon out of the directory ([`Store::lock_exclusive`]); it holds the pid of the daemon
+//! that last took it, and is left behind (harmlessly: the lock dies with its process).
 
 mod inspect;
 pub mod store;

@@ -1,8 +1,9 @@
-//! The state directory: atomic writes with one generation kept back, and loading with
-//! fallback to that generation.
+//! The state directory: atomic writes with one generation kept back, loading with fallback
+//! to that generation, and the lock that keeps a second daemon out of it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::{decode_file, Checkpoint, CheckpointError};
@@ -21,6 +22,33 @@ pub const REJECTED_SUFFIX: &str = ".rejected";
 pub const DISCARDED_SUFFIX: &str = ".discarded.swst";
 /// Copies kept aside that way; the oldest go first.
 pub const DISCARDED_KEPT: usize = 3;
+
+/// The lock file. The daemon holds an exclusive advisory lock (`flock`) on it for its
+/// lifetime, with its pid in it for the message a second daemon gets. The file is left behind
+/// on exit and that is harmless: the lock, not the file, is what keeps others out, and it dies
+/// with its process (a crash included).
+pub const LOCK: &str = "lock";
+
+/// Why [`Store::lock_exclusive`] did not get the lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it: two daemons would write one checkpoint, and each would
+    /// overwrite the other's learned state.
+    #[error(
+        "state directory {} is in use by another sparsewatch ({}); give each instance its own [state] dir",
+        dir.display(),
+        pid.map_or("its pid is not written yet".to_string(), |p| format!("pid {p}"))
+    )]
+    InUse { dir: PathBuf, pid: Option<u32> },
+    /// The lock file cannot be created or locked (a read-only directory, a file system
+    /// without locks).
+    #[error("cannot lock the state directory {} ({}): {source}", dir.display(), LOCK)]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// Environment variable that injects a fault into checkpoint writes, for the fault tests:
 /// `enospc-after=N` fails every write with ENOSPC once N bytes of it are written (a full
@@ -107,14 +135,63 @@ pub struct LoadOutcome {
 pub struct Store {
     dir: PathBuf,
     fault: Option<Fault>,
+    /// The locked [`LOCK`] file, once [`Store::lock_exclusive`] took it; closing it (when
+    /// the store is dropped) releases the lock.
+    lock: Option<File>,
 }
 
 impl Store {
-    /// The store in `dir`, created if missing.
+    /// The store in `dir`, created if missing. Not locked: the daemon calls
+    /// [`Store::lock_exclusive`] before it reads or writes anything.
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
-        Ok(Self { dir, fault: None })
+        Ok(Self {
+            dir,
+            fault: None,
+            lock: None,
+        })
+    }
+
+    /// Takes the exclusive lock on the directory and keeps it as long as the store lives;
+    /// never waits. Advisory locks die with their process, so a lock file a crashed daemon
+    /// left behind blocks nobody. The file is never removed: a process that opened it and
+    /// waits to lock would then lock a file nobody else sees, beside a new one.
+    pub fn lock_exclusive(&mut self) -> Result<(), LockError> {
+        let io_error = |source| LockError::Io {
+            dir: self.dir.clone(),
+            source,
+        };
+        let mut opts = OpenOptions::new();
+        // Not truncated on open: until the lock is ours the pid in it is the holder's.
+        opts.read(true).write(true).create(true).truncate(false);
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut file = opts.open(self.path(LOCK)).map_err(io_error)?;
+        // flock(2) itself, not `File::try_lock` (the same call), which needs Rust 1.89: the
+        // workspace builds with 1.85, Debian's toolchain for the device packages.
+        // SAFETY: flock on a descriptor owned by `file`, which outlives the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(io_error(e));
+            }
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(LockError::InUse {
+                dir: self.dir.clone(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        // The pid only makes the other daemon's message more useful: a failure to write it
+        // (a full disk) leaves the lock held and is not worth refusing the start for.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()));
+        self.lock = Some(file);
+        Ok(())
     }
 
     /// Injects `fault` into every later write.
@@ -285,5 +362,44 @@ impl Store {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two stores in one process hold two open files, and `flock` locks conflict between open
+    /// files, so this is what a second daemon sees.
+    #[test]
+    fn a_second_lock_on_the_directory_is_refused_with_the_holders_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Store::open(dir.path()).unwrap();
+        first.lock_exclusive().unwrap();
+        let mut second = Store::open(dir.path()).unwrap();
+        let err = second.lock_exclusive().unwrap_err();
+        let me = std::process::id();
+        assert!(
+            matches!(&err, LockError::InUse { pid: Some(p), .. } if *p == me),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains(&format!("(pid {me})")), "{text}");
+        assert!(text.contains("its own [state] dir"), "{text}");
+        // Released with the store that held it.
+        drop(first);
+        second.lock_exclusive().unwrap();
+    }
+
+    /// A crashed daemon leaves its lock file, with its pid, but not its lock.
+    #[test]
+    fn a_lock_file_left_behind_does_not_block_and_gets_the_new_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(LOCK), "4242424\n").unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.lock_exclusive().unwrap();
+        let text = fs::read_to_string(dir.path().join(LOCK)).unwrap();
+        assert_eq!(text, format!("{}\n", std::process::id()));
     }
 }

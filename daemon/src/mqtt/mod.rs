@@ -40,8 +40,8 @@ use crate::config::{CodeFormat, OverloadPolicy, ValidSettings};
 use crate::metrics::{now_ms, LogLimiter, Metrics};
 use crate::outbox::Outbox;
 use crate::wire::{
-    decode_payload_stamped, looks_like_seconds, CodeMessage, OutboundEvent, Reading, StatusMessage,
-    TopicTemplate, TsSource, MAX_KEY_BYTES,
+    decode_payload_stamped, looks_like_seconds, CodeMessage, OutboundEvent, PayloadError, Reading,
+    StatusMessage, TopicTemplate, TsSource, MAX_KEY_BYTES,
 };
 use crate::worker::{Dispatch, Workers};
 
@@ -431,6 +431,63 @@ impl Link {
     }
 }
 
+/// How soon after its CONNACK a connection that the broker closes looks taken over.
+const TAKEOVER_WITHIN: Duration = Duration::from_secs(10);
+/// How many such connections in a row make the hint: one or two can be a broker restart.
+const TAKEOVER_STREAK: u32 = 3;
+/// At most one hint a minute: the takeover goes on several times a second.
+static TAKEOVER_LOG: LogLimiter = LogLimiter::new(60_000);
+
+/// Spots a client-id takeover. Two clients with one client id take turns: the broker accepts
+/// each (CONNACK) and closes the other's connection (Mosquitto disconnects the older session),
+/// which rumqttc reports only as "connection closed by peer", four times a second, forever.
+/// Pure bookkeeping over the ingest task's events, so the rule can be tested without a broker.
+#[derive(Debug, Default)]
+pub struct TakeoverWatch {
+    /// When the current connection's CONNACK came; `None` while not connected.
+    connected_at: Option<Instant>,
+    /// Connections in a row that the broker closed within [`TAKEOVER_WITHIN`].
+    streak: u32,
+}
+
+impl TakeoverWatch {
+    pub fn on_connack(&mut self, now: Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// A connection error at `now`: the number of connections in a row the broker closed
+    /// soon after accepting them, once that is [`TAKEOVER_STREAK`] or more. Any other
+    /// failure (a refused or failed connect, a keep-alive timeout, a connection that lasted)
+    /// starts the count again.
+    pub fn on_error(&mut self, e: &rumqttc::ConnectionError, now: Instant) -> Option<u32> {
+        let soon = self
+            .connected_at
+            .take()
+            .is_some_and(|t| now.saturating_duration_since(t) < TAKEOVER_WITHIN);
+        if soon && closed_by_broker(e) {
+            self.streak += 1;
+        } else {
+            self.streak = 0;
+        }
+        (self.streak >= TAKEOVER_STREAK).then_some(self.streak)
+    }
+}
+
+/// Whether the broker ended the connection (closed or reset it) rather than the daemon
+/// giving up on it.
+fn closed_by_broker(e: &rumqttc::ConnectionError) -> bool {
+    use rumqttc::{ConnectionError as C, StateError as S};
+    use std::io::ErrorKind as K;
+    match e {
+        C::MqttState(S::ConnectionAborted) => true,
+        C::MqttState(S::Io(io)) | C::Io(io) => matches!(
+            io.kind(),
+            K::ConnectionReset | K::BrokenPipe | K::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
 /// State shared between the ingest task and `run`.
 pub struct Ingest {
     pub settings: ValidSettings,
@@ -451,7 +508,10 @@ pub struct Ingest {
 }
 
 static TOPIC_LOG: LogLimiter = LogLimiter::new(10_000);
-static PAYLOAD_LOG: LogLimiter = LogLimiter::new(10_000);
+/// One limit per refusal reason: with a single one, a bad payload of one kind kept every
+/// other kind that came within 10 s out of the log, and a user could not find the topic.
+static PAYLOAD_LOG: [LogLimiter; PayloadError::REASONS] =
+    [const { LogLimiter::new(10_000) }; PayloadError::REASONS];
 static SECONDS_LOG: LogLimiter = LogLimiter::new(60_000);
 
 impl Ingest {
@@ -466,6 +526,7 @@ impl Ingest {
         let mut lost_at: Option<Instant> = None;
         let mut held: Option<Dispatch> = None;
         let mut disconnect_sent = false;
+        let mut takeover = TakeoverWatch::default();
         loop {
             if let Some(d) = held.take() {
                 self.hold(d).await;
@@ -473,6 +534,7 @@ impl Ingest {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(mqtt.reconnect_min_ms);
+                    takeover.on_connack(Instant::now());
                     let first = self.metrics.connections.load(Ordering::Relaxed) == 0;
                     Metrics::inc(&self.metrics.connections);
                     Metrics::set(&self.metrics.broker_connected, 1);
@@ -527,6 +589,20 @@ impl Ingest {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection failed");
                     if let Some(hint) = security::failure_hint(&e) {
                         tracing::error!(error = %e, "{hint}");
+                    }
+                    if let Some(times) = takeover.on_error(&e, Instant::now()) {
+                        if let Some(held) = TAKEOVER_LOG.allow(now_ms()) {
+                            tracing::error!(
+                                client_id = %self.settings.client_id(),
+                                times,
+                                suppressed = held,
+                                "the broker keeps closing the connection soon after accepting it: \
+                                 another client with this client id is probably connected \
+                                 (Mosquitto disconnects the older session on a takeover, and the \
+                                 two then take turns); give each daemon its own [node] id, or set \
+                                 mqtt.client_id differently"
+                            );
+                        }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -638,7 +714,7 @@ impl Ingest {
             Ok(v) => v,
             Err(e) => {
                 m.count_payload_error(&e);
-                if let Some(held) = PAYLOAD_LOG.allow(now) {
+                if let Some(held) = PAYLOAD_LOG[e.reason()].allow(now) {
                     tracing::warn!(topic = %p.topic, error = %e, suppressed = held, "bad payload; skipped");
                 }
                 self.ack_now(token);
@@ -1072,6 +1148,46 @@ impl TokenBucket {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    /// Connections closed by the broker within seconds of their CONNACK, three in a row, make
+    /// the hint (and every one after); a connection that lasted, a failed connect or an error
+    /// of the daemon's own starts the count again.
+    #[test]
+    fn a_broker_that_keeps_closing_fresh_connections_looks_like_a_takeover() {
+        use rumqttc::{ConnectionError as C, StateError as S};
+        let aborted = || C::MqttState(S::ConnectionAborted);
+        let reset = || C::Io(std::io::ErrorKind::ConnectionReset.into());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut w = TakeoverWatch::default();
+        let cycle = |w: &mut TakeoverWatch, at: u64, lived: u64, e: C| {
+            w.on_connack(ms(at));
+            w.on_error(&e, ms(at + lived))
+        };
+        assert_eq!(cycle(&mut w, 0, 300, aborted()), None);
+        assert_eq!(cycle(&mut w, 600, 300, reset()), None);
+        assert_eq!(cycle(&mut w, 1_200, 300, aborted()), Some(3));
+        assert_eq!(cycle(&mut w, 1_800, 300, aborted()), Some(4));
+        // A connection that lasted a minute before the broker closed it: a restart, say.
+        assert_eq!(cycle(&mut w, 2_400, 60_000, aborted()), None);
+        for at in [70_000, 71_000] {
+            assert_eq!(cycle(&mut w, at, 300, aborted()), None);
+        }
+        // A connect that failed (no CONNACK) breaks the streak.
+        assert_eq!(w.on_error(&aborted(), ms(72_000)), None);
+        for at in [73_000, 74_000] {
+            assert_eq!(cycle(&mut w, at, 300, aborted()), None);
+        }
+        // So does the daemon's own keep-alive timeout.
+        assert_eq!(
+            cycle(&mut w, 75_000, 300, C::MqttState(S::AwaitPingResp)),
+            None
+        );
+        for at in [76_000, 77_000] {
+            assert_eq!(cycle(&mut w, at, 300, aborted()), None);
+        }
+        assert_eq!(cycle(&mut w, 78_000, 300, aborted()), Some(3));
+    }
 
     #[test]
     fn packets_larger_than_the_client_sends_are_told_apart() {

@@ -125,6 +125,32 @@ pub enum PayloadErrorKind {
 }
 
 impl PayloadError {
+    /// How many distinct reasons [`PayloadError::reason`] tells apart.
+    pub const REASONS: usize = 14;
+
+    /// The reason, as a number below [`Self::REASONS`]: one per variant, so the ingest can
+    /// rate-limit its warnings per reason. A single limit for all of them let a flood of one
+    /// kind (or one bad payload a moment earlier) hide every other kind from the log, while
+    /// the counters went up.
+    pub fn reason(&self) -> usize {
+        match self {
+            Self::TooLarge(_) => 0,
+            Self::NotUtf8 => 1,
+            Self::NotJsonOrNumber => 2,
+            Self::Json(_) => 3,
+            Self::NoValue => 4,
+            Self::BothValueAndValues => 5,
+            Self::EmptyValues => 6,
+            Self::TooManyChannels(_) => 7,
+            Self::DuplicateChannel(_) => 8,
+            Self::NotANumber(_) => 9,
+            Self::OutOfRange(_) => 10,
+            Self::BadTimestamp(_) => 11,
+            Self::TooFarAhead { .. } => 12,
+            Self::TooFarBehind { .. } => 13,
+        }
+    }
+
     pub fn kind(&self) -> PayloadErrorKind {
         match self {
             Self::TooLarge(_) => PayloadErrorKind::Oversized,

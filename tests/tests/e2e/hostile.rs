@@ -253,3 +253,81 @@ fn a_timestamp_in_seconds_is_taken_as_milliseconds_and_logged() {
     );
     assert_eq!(daemon.stop().expect("stop").code(), Some(0));
 }
+
+/// Four refusals of different kinds in quick succession, each on its own topic: text that is
+/// not a number, a timestamp far in the future, a value that is a string, and a sample older
+/// than its stream's last one. Proves each is counted under its name and that each logs a
+/// warning naming its topic (for the stream refusal, its key) and what was wrong with it: a
+/// refusal of one kind does not keep the next kind out of the log, which is how a far-future
+/// `ts` or a string value used to be counted without a word.
+#[test]
+fn every_refusal_reason_is_logged_with_its_topic() {
+    let broker = Mosquitto::start().expect("start mosquitto");
+    let config = TestConfig::new("refusals-logged", broker.port());
+    let mut daemon = start_online(&config);
+    let mut client = TestClient::connect(broker.port(), &format!("{}-pub", config.node_id))
+        .expect("connect publisher");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis();
+    let (text, future, string, order) = (
+        config.input_topic("site/text"),
+        config.input_topic("site/future"),
+        config.input_topic("site/string"),
+        config.input_topic("site/order"),
+    );
+    client.publish(&text, "hello").expect("publish");
+    client
+        .publish(&future, r#"{"ts":99999999999999,"value":1}"#)
+        .expect("publish");
+    client
+        .publish(&string, format!(r#"{{"ts":{now_ms},"value":"x"}}"#))
+        .expect("publish");
+    client
+        .publish(&order, format!(r#"{{"ts":{},"value":1}}"#, T0_MS + 1_000))
+        .expect("publish");
+    client
+        .publish(&order, format!(r#"{{"ts":{T0_MS},"value":2}}"#))
+        .expect("publish");
+    client.flush().expect("broker acknowledged every message");
+
+    let s = daemon
+        .wait_for_summary(TIMEOUT, |s| {
+            s.get("payload_errors") >= 3 && s.get("samples") + s.get("out_of_order") >= 2
+        })
+        .unwrap_or_else(|| panic!("not handled; last: {:?}", daemon.last_summary()));
+    assert_eq!(s.get("payload_errors"), 3, "{}", s.line);
+    assert_eq!(s.get("bad_timestamps"), 1, "{}", s.line);
+    assert_eq!(s.get("out_of_order"), 1, "{}", s.line);
+    let key_order = order.split_once('/').expect("root/key").1.to_string();
+    let old_ts = format!("ts={T0_MS} ");
+    let expected: [(&str, String, &str); 4] = [
+        (
+            "bad payload",
+            format!("topic={text} "),
+            "neither a JSON object nor a number",
+        ),
+        ("bad payload", format!("topic={future} "), "99999999999999"),
+        (
+            "bad payload",
+            format!("topic={string} "),
+            "\"value\" is not a number",
+        ),
+        ("out of order", format!("key={key_order} "), &old_ts),
+    ];
+    for (what, topic, detail) in &expected {
+        let line = daemon.process().wait_for_line(TIMEOUT, |l| {
+            l.contains("WARN")
+                && l.contains(what)
+                && l.contains(topic.as_str())
+                && l.contains(detail)
+        });
+        assert!(
+            line.is_some(),
+            "no warning with {what:?}, {topic:?} and {detail:?}; log:\n{}",
+            daemon.output()
+        );
+    }
+    assert_eq!(daemon.stop().expect("stop").code(), Some(0));
+}

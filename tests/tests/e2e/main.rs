@@ -18,6 +18,7 @@ mod restart;
 mod security;
 mod status;
 mod systemd;
+mod takeover;
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};

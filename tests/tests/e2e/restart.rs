@@ -327,3 +327,58 @@ fn checkpoint_faults_fall_back_to_the_last_good_state() {
     assert!(log_has(&mut d, "checkpoint restored"), "{}", d.output());
     stop(&mut d);
 }
+
+/// The names of the files in `dir`, sorted.
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the state dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A second daemon started on the state directory of a running one (another node id, its own
+/// free http port: a copied configuration). Proves it exits at once with status 1 and an
+/// error naming the directory and the first daemon's pid, having written nothing there (the
+/// directory holds only the lock file) and without disturbing the first, which still runs;
+/// and that once the first is killed with SIGKILL, which leaves its lock file behind as any
+/// crash does, a new daemon starts on the directory and checkpoints into it.
+#[test]
+fn a_second_daemon_on_the_same_state_directory_is_refused() {
+    let broker = sparsewatch_e2e::Mosquitto::start().expect("start mosquitto");
+    let state = tempfile::tempdir().expect("state dir");
+    let mut first = start_online(&config("lock-first", broker.port(), state.path(), 0));
+
+    let mut second = Daemon::start(&config("lock-second", broker.port(), state.path(), 0))
+        .expect("start the second daemon");
+    let status = second
+        .process()
+        .wait_timeout(TIMEOUT)
+        .unwrap_or_else(|| panic!("the second daemon runs:\n{}", second.output()));
+    assert_eq!(status.code(), Some(1), "log:\n{}", second.output());
+    let want = format!(
+        "state directory {} is in use by another sparsewatch (pid {}); give each instance its own [state] dir",
+        state.path().display(),
+        first.process().pid()
+    );
+    assert!(second.output().contains(&want), "log:\n{}", second.output());
+    assert!(
+        !second.output().contains("connected to broker"),
+        "the refused daemon reached the broker:\n{}",
+        second.output()
+    );
+    assert!(first.is_running(), "log:\n{}", first.output());
+    assert_eq!(file_names(state.path()), ["lock"]);
+
+    first.process().kill_hard().expect("kill -9");
+    assert_eq!(file_names(state.path()), ["lock"], "the lock file stays");
+    let mut third = start_online(&config("lock-third", broker.port(), state.path(), 0));
+    stop(&mut third);
+    assert_eq!(
+        file_names(state.path()),
+        ["checkpoint.swst", "lock"],
+        "log:\n{}",
+        third.output()
+    );
+}

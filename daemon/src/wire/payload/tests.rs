@@ -523,3 +523,33 @@ fn timestamps_in_seconds_are_recognised_but_read_as_documented() {
         decode_payload_stamped(br#"{"ts": 1767600000, "value": 1}"#, 0, &limits(1024)).unwrap();
     assert_eq!((ts, source), (1_767_600_000, TsSource::Payload));
 }
+
+/// The ingest keeps one log limit per reason: every variant needs its own number, in range,
+/// or two reasons would again share one limit and one would hide the other.
+#[test]
+fn every_refusal_reason_has_its_own_number() {
+    let s = String::new;
+    let all = [
+        PayloadError::TooLarge(1),
+        PayloadError::NotUtf8,
+        PayloadError::NotJsonOrNumber,
+        PayloadError::Json(s()),
+        PayloadError::NoValue,
+        PayloadError::BothValueAndValues,
+        PayloadError::EmptyValues,
+        PayloadError::TooManyChannels(1),
+        PayloadError::DuplicateChannel(s()),
+        PayloadError::NotANumber(s()),
+        PayloadError::OutOfRange(s()),
+        PayloadError::BadTimestamp(s()),
+        PayloadError::TooFarAhead { ts_ms: 0, by_ms: 0 },
+        PayloadError::TooFarBehind { ts_ms: 0, by_ms: 0 },
+    ];
+    assert_eq!(all.len(), PayloadError::REASONS);
+    let mut seen = [false; PayloadError::REASONS];
+    for e in &all {
+        let r = e.reason();
+        assert!(r < PayloadError::REASONS, "{e:?}: {r}");
+        assert!(!std::mem::replace(&mut seen[r], true), "{e:?} shares {r}");
+    }
+}
