@@ -1,8 +1,10 @@
 //! Configuration: one TOML file plus `SPARSEWATCH__…` environment overrides, on top of the
 //! compiled-in default (`default.toml`, identical to `deploy/config/sparsewatch.example.toml`).
 //!
-//! Strict: unknown keys are errors, and every value is checked before the daemon starts, so a
-//! bad configuration is reported with the key at fault and exit code 2, never half-applied.
+//! Strict: unknown keys are errors, a value must have the type of the default's (`types`: no
+//! `1883.5` rounded to a port, no `"yes"` taken for `true`), and every value is checked before
+//! the daemon starts, so a bad configuration is reported with the key at fault and exit code
+//! 2, never half-applied.
 
 use std::path::Path;
 
@@ -12,6 +14,8 @@ use thiserror::Error;
 
 use crate::mqtt::security::MqttSecurity;
 use crate::wire::{PayloadLimits, TopicTemplate};
+
+mod types;
 
 /// Upper bound of `mqtt.reconnect_max_ms`: one hour. Also keeps the doubling backoff far from
 /// `Duration` overflow.
@@ -279,52 +283,71 @@ pub fn load_with_env(
     source: Source<'_>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<ValidSettings, ConfigError> {
-    use config::{Config, Environment, File, FileFormat};
+    use config::{Config, File, FileFormat};
+    let default = types::default_tree();
     let mut builder =
         Config::builder().add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml));
+    // The user's text, kept to check its value types (see `types`).
+    let mut user_text = None;
     match source {
         Source::Default => {}
         Source::File(path) => {
             // Check it exists ourselves for a plain "cannot read" error, then let `config` parse it
             // from the path so syntax errors name the file.
-            let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            let read_error = |source| ConfigError::Read {
                 path: path.display().to_string(),
                 source,
-            })?;
+            };
+            let meta = std::fs::metadata(path).map_err(read_error)?;
             // `config` would say "configuration file \"/etc\" not found" for a directory.
             if meta.is_dir() {
-                return Err(ConfigError::Read {
-                    path: path.display().to_string(),
-                    source: std::io::ErrorKind::IsADirectory.into(),
-                });
+                return Err(read_error(std::io::ErrorKind::IsADirectory.into()));
             }
+            user_text = Some(std::fs::read_to_string(path).map_err(read_error)?);
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
-        Source::Text(text) => builder = builder.add_source(File::from_str(text, FileFormat::Toml)),
+        Source::Text(text) => {
+            user_text = Some(text.to_string());
+            builder = builder.add_source(File::from_str(text, FileFormat::Toml));
+        }
     }
     let mut credentials_dir = None;
-    let env: config::Map<String, String> = env
-        .into_iter()
-        .filter(|(k, v)| {
-            if k == CREDENTIALS_DIRECTORY {
-                credentials_dir = Some(std::path::PathBuf::from(v));
-            }
-            k.starts_with(&format!("{ENV_PREFIX}__"))
-        })
-        .collect();
-    builder = builder.add_source(
-        Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("mqtt.subscribe")
-            .source(Some(env)),
-    );
-    let settings: Settings = builder
+    for (var, raw) in env {
+        if var == CREDENTIALS_DIRECTORY {
+            credentials_dir = Some(std::path::PathBuf::from(&raw));
+        }
+        if !var.starts_with(&format!("{ENV_PREFIX}__")) {
+            continue;
+        }
+        // Typed here, not by `config`'s guess from the text (which made `007` the string "7").
+        let (key, value) = types::env_override(&var, &raw, &default)?;
+        builder = builder.set_override(&key, value).map_err(|e| {
+            invalid(
+                &var,
+                format!("is not a configuration key ({e}): overrides are named {ENV_PREFIX}__<SECTION>__<KEY>"),
+            )
+        })?;
+    }
+    let config = builder
         .build()
-        .and_then(Config::try_deserialize)
         .map_err(|e| explain_enum_error(e.to_string()))?;
+    let user = user_text.as_deref().map(types::parse).transpose()?;
+    let settings = match config.try_deserialize::<Settings>() {
+        Ok(settings) => settings,
+        Err(e) => {
+            // A misspelt choice keeps its own message (the valid values); any other failure
+            // of a value of the wrong type is told the same way as the ones `config` converts.
+            let error = explain_enum_error(e.to_string());
+            if let (ConfigError::Parse(_), Some(user)) = (&error, &user) {
+                types::check_file(user, &default)?;
+            }
+            return Err(error);
+        }
+    };
+    // `config` converted what it could (1883.5 to 1884, "yes" to true): refuse that here.
+    if let Some(user) = &user {
+        types::check_file(user, &default)?;
+    }
     validate_with(settings, credentials_dir.as_deref())
 }
 
@@ -714,6 +737,204 @@ mod tests {
         assert_eq!(v.settings.pipeline.alert.threshold, 0.999);
         let env = vec![("SPARSEWATCH__MQTT__PROT".to_string(), "1".to_string())];
         assert!(load_with_env(Source::Default, env).is_err());
+    }
+
+    /// `config` would convert these (1883.5 to port 1884, 0.4 to QoS 0, "yes" to true); each
+    /// must instead be refused with the key, the expected type and the value as written.
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_not_converted() {
+        let cases = [
+            (
+                "[mqtt]\nport = 1883.5",
+                "mqtt.port: expected an integer, got 1883.5",
+            ),
+            (
+                "[mqtt]\nport = 1883.0",
+                "mqtt.port: expected an integer, got 1883.0",
+            ),
+            (
+                "[mqtt]\nport = \"1884\"",
+                "mqtt.port: expected an integer, got the string \"1884\"",
+            ),
+            (
+                "[mqtt]\nport = \"x\"",
+                "mqtt.port: expected an integer, got the string \"x\"",
+            ),
+            (
+                "[mqtt]\nport = true",
+                "mqtt.port: expected an integer, got true",
+            ),
+            (
+                "[mqtt]\nqos = 0.4",
+                "mqtt.qos: expected an integer, got 0.4",
+            ),
+            (
+                "[mqtt]\nqos = 1.6",
+                "mqtt.qos: expected an integer, got 1.6",
+            ),
+            (
+                "[pipeline.framer]\nwindow_len = 32.4",
+                "pipeline.framer.window_len: expected an integer, got 32.4",
+            ),
+            (
+                "[pipeline.alert]\nthreshold = \"0.5\"",
+                "pipeline.alert.threshold: expected a number, got the string \"0.5\"",
+            ),
+            (
+                "[mqtt]\npersistent_session = \"yes\"",
+                "mqtt.persistent_session: expected true or false, got the string \"yes\"",
+            ),
+            (
+                "[mqtt]\npersistent_session = 1",
+                "mqtt.persistent_session: expected true or false, got 1",
+            ),
+            ("[node]\nid = 5", "node.id: expected a string, got 5"),
+            (
+                "[mqtt]\nsubscribe = [\"a/#\", 1]",
+                "mqtt.subscribe[1]: expected a string, got 1",
+            ),
+            (
+                "[mqtt]\nsubscribe = \"a/#\"",
+                "mqtt.subscribe: expected an array, got the string \"a/#\"",
+            ),
+            ("[mqtt]\ntls = true", "mqtt.tls: expected a table, got true"),
+            ("mqtt = 1", "mqtt: expected a table, got 1"),
+        ];
+        for (text, message) in cases {
+            let err = load_with_env(Source::Text(text), no_env())
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, format!("invalid configuration: {message}"), "{text:?}");
+        }
+        // The same check on a file, which `config` reads by path.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[mqtt]\nport = 1883.5\n").unwrap();
+        let err = load_with_env(Source::File(&file), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mqtt.port: expected an integer, got 1883.5"),
+            "{err}"
+        );
+    }
+
+    /// What the type check must keep accepting: an integer where a number is expected, an
+    /// empty list, and keys the default lacks (the projection encoder's own fields).
+    #[test]
+    fn values_of_the_right_type_still_load() {
+        let v = load_with_env(
+            Source::Text(
+                "[pipeline.framer]\ngap_factor = 8\n[pipeline.alert]\nthreshold = 1\n\
+                 [mqtt]\nsubscribe = [\"a/#\", \"b/+\"]\n",
+            ),
+            no_env(),
+        )
+        .unwrap();
+        assert_eq!(v.settings.pipeline.framer.gap_factor, 8.0);
+        assert_eq!(v.settings.pipeline.alert.threshold, 1.0);
+        assert_eq!(v.settings.mqtt.subscribe, vec!["a/#", "b/+"]);
+    }
+
+    /// Unknown keys, misspelt choices and syntax errors keep their own messages: the type
+    /// check neither hides them nor reports them in its own words.
+    #[test]
+    fn the_type_check_keeps_the_other_messages() {
+        let err = load_with_env(Source::Text("[mqtt]\nprot = 1.5\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prot") && !err.contains("expected an integer"),
+            "{err}"
+        );
+        let err = load_with_env(Source::Text("[pipeline]\ndetector = 3\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pipeline.detector: must be one of"), "{err}");
+        let err = load_with_env(Source::Text("[mqtt]\nport = 1883\nport = 2\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3, column 1"), "{err}");
+    }
+
+    /// Environment overrides are parsed as their key's type: no rounding, no guessing a string
+    /// key's type from its text.
+    #[test]
+    fn environment_overrides_are_parsed_as_their_keys_type() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let cases = [
+            (
+                "SPARSEWATCH__MQTT__PORT",
+                "1883.5",
+                "mqtt.port: expected an integer, got \"1883.5\" (from SPARSEWATCH__MQTT__PORT)",
+            ),
+            (
+                "SPARSEWATCH__MQTT__QOS",
+                "0.4",
+                "mqtt.qos: expected an integer, got \"0.4\"",
+            ),
+            (
+                "SPARSEWATCH__MQTT__PORT",
+                "",
+                "mqtt.port: expected an integer, got \"\"",
+            ),
+            (
+                "SPARSEWATCH__PIPELINE__ALERT__THRESHOLD",
+                "high",
+                "pipeline.alert.threshold: expected a number, got \"high\"",
+            ),
+            (
+                "SPARSEWATCH__MQTT__PERSISTENT_SESSION",
+                "yes",
+                "mqtt.persistent_session: expected true or false, got \"yes\"",
+            ),
+            (
+                "SPARSEWATCH__MQTT__PERSISTENT_SESSION",
+                "1",
+                "mqtt.persistent_session: expected true or false, got \"1\"",
+            ),
+            (
+                "SPARSEWATCH__MQTT__TLS",
+                "true",
+                "mqtt.tls: is a table: set its keys one by one, e.g. SPARSEWATCH__MQTT__TLS__",
+            ),
+        ];
+        for (var, value, message) in cases {
+            let err = load_with_env(Source::Default, env(var, value))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("invalid configuration: {message}")),
+                "{var}={value:?} gave {err}"
+            );
+        }
+        let v = load_with_env(Source::Default, env("SPARSEWATCH__NODE__ID", "007")).unwrap();
+        assert_eq!(v.settings.node.id, "007", "a string key keeps its text");
+        let v = load_with_env(
+            Source::Default,
+            env("SPARSEWATCH__MQTT__PERSISTENT_SESSION", "False"),
+        )
+        .unwrap();
+        assert!(!v.settings.mqtt.persistent_session);
+        let v = load_with_env(
+            Source::Default,
+            env("SPARSEWATCH__PIPELINE__FRAMER__GAP_FACTOR", "3"),
+        )
+        .unwrap();
+        assert_eq!(
+            v.settings.pipeline.framer.gap_factor, 3.0,
+            "an integer is a number"
+        );
+        let v = load_with_env(Source::Default, env("SPARSEWATCH__MQTT__SUBSCRIBE", "1")).unwrap();
+        assert_eq!(
+            v.settings.mqtt.subscribe,
+            vec!["1"],
+            "a one-level filter, not the integer 1"
+        );
+        let err = load_with_env(Source::Default, env("SPARSEWATCH__", "1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SPARSEWATCH__<SECTION>__<KEY>"), "{err}");
     }
 
     #[test]
