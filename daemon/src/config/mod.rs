@@ -431,6 +431,7 @@ pub fn validate_with(
     if s.mqtt.host.trim().is_empty() {
         return Err(invalid("mqtt.host", "must not be empty"));
     }
+    check_host(&s.mqtt.host, s.mqtt.tls.enabled)?;
     if s.mqtt.port == 0 {
         return Err(invalid("mqtt.port", "must be in 1..=65535"));
     }
@@ -599,6 +600,69 @@ fn check_count(key: &str, v: usize, lo: usize, hi: usize) -> Result<(), ConfigEr
     } else {
         Err(invalid(key, format!("must be in {lo}..={hi}, got {v}")))
     }
+}
+
+/// `mqtt.host` is joined to `mqtt.port` as `host:port` and resolved on every connection
+/// attempt, so a host that carries a port or a scheme would fail the lookup forever while
+/// `run` retries. IPv6 literals stay valid: `::1` (the lookup splits at the last ':') and,
+/// without TLS, `[::1]`; TLS takes the server name from the host, where brackets do not parse.
+fn check_host(host: &str, tls: bool) -> Result<(), ConfigError> {
+    const KEY: &str = "mqtt.host";
+    if let Some((scheme, _)) = host.split_once("://") {
+        let tls_hint = if ["mqtts", "ssl", "tls"].contains(&scheme.to_ascii_lowercase().as_str()) {
+            " and turn TLS on in [mqtt.tls] (enabled = true; the broker's TLS port is usually 8883)"
+        } else {
+            ""
+        };
+        return Err(invalid(
+            KEY,
+            format!(
+                "must be a host name or IP address, not a URL: drop \"{scheme}://\"{tls_hint}, and put any port in mqtt.port (got {host:?})"
+            ),
+        ));
+    }
+    let is_ipv6 = |h: &str| {
+        // A zone (`fe80::1%eth0`) is for the resolver; the address is what must parse.
+        let address = h.split_once('%').map_or(h, |(a, _)| a);
+        address.parse::<std::net::Ipv6Addr>().is_ok()
+    };
+    if is_ipv6(host) {
+        return Ok(());
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if is_ipv6(inner) {
+            return if tls {
+                Err(invalid(
+                    KEY,
+                    format!("with TLS, write the IPv6 address without brackets: {inner:?} (got {host:?})"),
+                ))
+            } else {
+                Ok(())
+            };
+        }
+    }
+    if let Some((name, port)) = host.rsplit_once(':') {
+        let fix = match port.parse::<u16>() {
+            Ok(port) => format!(
+                ": host = {:?} and port = {port}",
+                name.trim_start_matches('[').trim_end_matches(']')
+            ),
+            Err(_) => String::new(),
+        };
+        return Err(invalid(
+            KEY,
+            format!("must be a host name or IP address without a port; put the port in mqtt.port{fix} (got {host:?})"),
+        ));
+    }
+    if host.contains(['/', '@', '?', '#'])
+        || host.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            KEY,
+            format!("must be a host name or IP address (no path, user, spaces), got {host:?}"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_topic_level(key: &str, v: &str) -> Result<(), ConfigError> {
@@ -935,6 +999,73 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("SPARSEWATCH__<SECTION>__<KEY>"), "{err}");
+    }
+
+    /// A host with a port or a scheme would fail the name lookup on every reconnect: it is
+    /// refused with the fix. IPv6 literals, which the lookup takes, still load.
+    #[test]
+    fn a_host_with_a_port_or_scheme_is_refused_with_the_fix() {
+        let host = |h: &str, tls: bool| {
+            let tls = if tls {
+                "[mqtt.tls]\nenabled = true\nca_file = \"/nonexistent\"\n"
+            } else {
+                ""
+            };
+            load_with_env(
+                Source::Text(&format!("[mqtt]\nhost = {h:?}\n{tls}")),
+                no_env(),
+            )
+        };
+        let cases = [
+            (
+                "127.0.0.1:1883",
+                "put the port in mqtt.port: host = \"127.0.0.1\" and port = 1883",
+            ),
+            (
+                "broker.local:8883",
+                "host = \"broker.local\" and port = 8883",
+            ),
+            ("[::1]:1883", "host = \"::1\" and port = 1883"),
+            ("broker:x", "put the port in mqtt.port (got \"broker:x\")"),
+            (
+                "mqtt://broker.local",
+                "drop \"mqtt://\", and put any port in mqtt.port",
+            ),
+            (
+                "mqtts://broker.local:8883",
+                "drop \"mqtts://\" and turn TLS on in [mqtt.tls]",
+            ),
+            ("broker.local/x", "no path"),
+            ("broker local", "no path, user, spaces"),
+        ];
+        for (h, fix) in cases {
+            let err = host(h, false).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid configuration: mqtt.host: "),
+                "{h}: {err}"
+            );
+            assert!(err.contains(fix), "{h}: {err}");
+        }
+        for h in [
+            "::1",
+            "[::1]",
+            "fe80::1%eth0",
+            "127.0.0.1",
+            "broker.example.net",
+            "localhost",
+        ] {
+            let v = host(h, false).unwrap_or_else(|e| panic!("{h}: {e}"));
+            assert_eq!(v.settings.mqtt.host, h);
+        }
+        // TLS names the server by the host: brackets do not parse there. (The missing CA file
+        // is only reached after the host check; that it is named shows "::1" passed.)
+        let err = host("[::1]", true).unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.host: with TLS, write the IPv6 address without brackets"),
+            "{err}"
+        );
+        let err = host("::1", true).unwrap_err().to_string();
+        assert!(err.contains("mqtt.tls.ca_file"), "{err}");
     }
 
     #[test]
