@@ -1114,6 +1114,57 @@ mod tests {
         assert!(err.to_string().contains("mqtt.password_file"), "{err}");
     }
 
+    /// The README's setup (`password_file = "mqtt-password"`, read from systemd's credentials)
+    /// fails `check-config` in a shell, where $CREDENTIALS_DIRECTORY is unset: the message must
+    /// say why and how to check it; where the variable is set or the path is absolute, the
+    /// plain error is the whole story.
+    #[test]
+    fn a_missing_relative_secret_outside_systemd_explains_credentials_directory() {
+        const HINT: &str =
+            "CREDENTIALS_DIRECTORY=/etc/sparsewatch/credentials sparsewatch check-config";
+        let relative = [
+            (
+                "[mqtt]\nusername = \"u\"\npassword_file = \"no-such-password\"\n",
+                "mqtt.password_file",
+            ),
+            (
+                "[mqtt.tls]\nenabled = true\nca_file = \"no-such-ca.pem\"\n",
+                "mqtt.tls.ca_file",
+            ),
+        ];
+        for (text, key) in relative {
+            let err = load_with_env(Source::Text(text), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{key}: cannot read ")), "{err}");
+            assert!(
+                err.contains("$CREDENTIALS_DIRECTORY") && err.contains(HINT),
+                "{err}"
+            );
+            assert!(err.contains("absolute path"), "{err}");
+            let dir = tempfile::tempdir().unwrap();
+            let env = vec![(
+                CREDENTIALS_DIRECTORY.to_string(),
+                dir.path().display().to_string(),
+            )];
+            let err = load_with_env(Source::Text(text), env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&dir.path().display().to_string()), "{err}");
+            assert!(!err.contains(HINT), "the directory is set: {err}");
+        }
+        // An absolute path that is missing needs no word on $CREDENTIALS_DIRECTORY.
+        let absolute = "[mqtt.tls]\nenabled = true\nca_file = \"/nonexistent/ca.pem\"\n";
+        let err = load_with_env(Source::Text(absolute), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mqtt.tls.ca_file: cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(!err.contains(HINT), "{err}");
+    }
+
     #[test]
     fn a_misspelt_choice_names_the_key_and_the_valid_values() {
         let cases = [
