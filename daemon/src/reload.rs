@@ -9,6 +9,7 @@
 //! and the running one is kept.
 
 use serde_json::Value;
+use sparsewatch_dsp::PipelineParams;
 
 use crate::config::ValidSettings;
 use crate::worker::LiveWorkerSettings;
@@ -28,10 +29,15 @@ pub struct ReloadPlan {
     pub live: Vec<String>,
     /// Changed keys that only take effect at the next start.
     pub restart: Vec<String>,
+    /// Those of `restart` whose new value the learned state of the running streams cannot
+    /// take (`checkpoint::fit_params`): at the next start every stream is discarded and
+    /// learns again, unless the keys are set back first.
+    pub discards_state: Vec<String>,
 }
 
 /// Compares the running and the new configuration key by key.
 pub fn plan(running: &ValidSettings, new: &ValidSettings) -> ReloadPlan {
+    let discards_state = discarding_keys(&running.settings.pipeline, &new.settings.pipeline);
     let old = flatten(&serde_json::to_value(&running.settings).expect("settings serialise"));
     let new = flatten(&serde_json::to_value(&new.settings).expect("settings serialise"));
     let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
@@ -48,7 +54,33 @@ pub fn plan(running: &ValidSettings, new: &ValidSettings) -> ReloadPlan {
             restart.push(k.clone());
         }
     }
-    ReloadPlan { live, restart }
+    ReloadPlan {
+        live,
+        restart,
+        discards_state,
+    }
+}
+
+/// The `pipeline.*` keys whose change from `running` to `new` leaves a stream learned under
+/// `running` unusable: after the restart the checkpoint's streams (all learned under the
+/// running parameters) are reconciled with `new` and discarded on exactly these.
+fn discarding_keys(running: &PipelineParams, new: &PipelineParams) -> Vec<String> {
+    let (fit, _) = crate::checkpoint::fit_params(running, new);
+    let fit = flatten(&serde_json::to_value(&fit).expect("params serialise"));
+    let new = flatten(&serde_json::to_value(new).expect("params serialise"));
+    let mut keys: Vec<String> = new
+        .iter()
+        .filter(|(k, v)| fit.get(*k) != Some(v))
+        .map(|(k, _)| format!("pipeline.{k}"))
+        .collect();
+    // A key only the running side has (another encoder kind's fields) differs too.
+    keys.extend(
+        fit.keys()
+            .filter(|k| !new.contains_key(*k))
+            .map(|k| format!("pipeline.{k}")),
+    );
+    keys.sort();
+    keys
 }
 
 fn is_live(key: &str) -> bool {
@@ -143,6 +175,61 @@ mod tests {
             Some(5),
             "codes stay on, every 5th window"
         );
+    }
+
+    /// The keys a reload warns about must be exactly those on which the next start's
+    /// `checkpoint::reconcile` discards a stream learned under the running configuration.
+    #[test]
+    fn keys_that_make_the_next_restart_discard_learned_state_are_named() {
+        // Restart-only, and the learned state cannot take them.
+        let running = load("");
+        let new = load(
+            "[pipeline.framer]\nwindow_len = 64\n[pipeline.coding]\nk = 4\n[mqtt]\nport = 1999\n\
+             [pipeline.alert]\nthreshold = 0.9\n",
+        );
+        let p = plan(&running, &new);
+        assert_eq!(
+            p.discards_state,
+            vec!["pipeline.coding.k", "pipeline.framer.window_len"]
+        );
+        assert!(p.restart.contains(&"mqtt.port".to_string()));
+        assert!(p.discards_state.iter().all(|k| p.restart.contains(k)));
+        // Restart-only too, but a restored stream takes them: the best-match index size of the
+        // gated detector, the gated parameters under another detector, baseline → gated.
+        for (from, to) in [
+            ("", "[pipeline.gated.sdr]\nindex_capacity = 8\n"),
+            (
+                "[pipeline]\ndetector = \"baseline\"\n",
+                "[pipeline]\ndetector = \"baseline\"\n[pipeline.gated]\nnovelty_full = 0.5\n",
+            ),
+            (
+                "[pipeline]\ndetector = \"baseline\"\n",
+                "[pipeline.gated]\nnovelty_full = 0.5\n",
+            ),
+        ] {
+            let p = plan(&load(from), &load(to));
+            assert!(!p.restart.is_empty(), "{to:?} is a restart key");
+            assert!(p.discards_state.is_empty(), "{from:?} → {to:?}: {p:?}");
+        }
+        // The oracle: reconcile a stream learned under the running parameters with the new
+        // ones, as the next start does.
+        for (to, discarded) in [
+            ("[pipeline.framer]\nwindow_len = 64\n", true),
+            ("[pipeline.gated.sdr]\nindex_capacity = 8\n", false),
+            ("[pipeline]\ndetector = \"memory\"\n", true),
+        ] {
+            let new = load(to);
+            let p = plan(&running, &new);
+            let record = crate::checkpoint::StreamRecord {
+                key: "k".into(),
+                channels: vec!["x".into()],
+                pipeline: sparsewatch_dsp::Pipeline::new(&running.pipeline, 1),
+                silent: false,
+            };
+            let restored = crate::checkpoint::reconcile(record, &new.pipeline);
+            assert_eq!(restored.is_err(), discarded, "{to:?}");
+            assert_eq!(!p.discards_state.is_empty(), discarded, "{to:?}: {p:?}");
+        }
     }
 
     #[test]

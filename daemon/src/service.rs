@@ -599,8 +599,17 @@ async fn reload_loop(
                         *ingest.template.write().expect("template lock") = next.template.clone();
                         running = next;
                         Metrics::inc(&metrics.reloads);
-                        if !plan.restart.is_empty() {
-                            tracing::warn!(keys = ?plan.restart, "changed, applied at the next restart");
+                        // Keys the learned state cannot take get their own warning: the
+                        // restart that applies them, maybe weeks later, discards every stream.
+                        let (discarding, restart): (Vec<_>, Vec<_>) = plan
+                            .restart
+                            .iter()
+                            .partition(|k| plan.discards_state.contains(k));
+                        if !discarding.is_empty() {
+                            tracing::warn!(keys = ?discarding, "changed, applied at the next restart, which will discard the learned state of every stream: the streams were learned with the running values of these keys, so at the next start each one is discarded and learns again from nothing (the checkpoint is kept aside as checkpoint.<ms>.discarded.swst); set these keys back before the next restart to keep what was learned");
+                        }
+                        if !restart.is_empty() {
+                            tracing::warn!(keys = ?restart, "changed, applied at the next restart");
                         }
                         tracing::info!(applied = ?plan.live, "configuration reloaded");
                     }

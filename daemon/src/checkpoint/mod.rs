@@ -39,7 +39,7 @@ pub use inspect::{inspect_path, Inspection};
 pub use store::{Fault, Generation, LoadOutcome, Loaded, Store};
 
 use serde::{Deserialize, Serialize};
-use sparsewatch_dsp::{DetectorKind, Pipeline, ValidPipelineParams};
+use sparsewatch_dsp::{DetectorKind, Pipeline, PipelineParams, ValidPipelineParams};
 use thiserror::Error;
 
 /// First bytes of every checkpoint file.
@@ -334,6 +334,30 @@ pub fn split_file(bytes: &[u8]) -> Result<(Meta, Vec<&[u8]>), CheckpointError> {
     Ok((meta, streams.to_vec()))
 }
 
+/// The parameters a stream learned under `have` can take when `want` is configured: `have`
+/// with every difference from `want` that its learned state allows applied (see
+/// [`reconcile`]), and whether that moves it from the baseline to the gated detector. Where
+/// the result still differs from `want`, the stream is discarded. Pure, so a reload can tell
+/// in advance which changed keys the next restart will discard streams for
+/// (`reload::plan`).
+pub fn fit_params(have: &PipelineParams, want: &PipelineParams) -> (PipelineParams, bool) {
+    let mut fit = have.clone();
+    fit.alert = want.alert.clone();
+    let to_gated = fit.detector == DetectorKind::Baseline && want.detector == DetectorKind::Gated;
+    if to_gated {
+        fit.detector = DetectorKind::Gated;
+        fit.gated = want.gated.clone();
+    }
+    if fit.detector == want.detector {
+        if want.detector != DetectorKind::Gated {
+            fit.gated = want.gated.clone();
+        } else {
+            fit.gated.sdr.index_capacity = want.gated.sdr.index_capacity;
+        }
+    }
+    (fit, to_gated)
+}
+
 /// Fits a restored stream to the running pipeline parameters, keeping what it learned
 /// wherever the new parameters allow. Equal parameters: restored as is. Otherwise, when the
 /// differences are only of these kinds, they are applied and everything learned is kept:
@@ -355,20 +379,7 @@ pub fn reconcile(
     if &have == want {
         return Ok(record);
     }
-    let mut fit = have.clone();
-    fit.alert = want.alert.clone();
-    let to_gated = fit.detector == DetectorKind::Baseline && want.detector == DetectorKind::Gated;
-    if to_gated {
-        fit.detector = DetectorKind::Gated;
-        fit.gated = want.gated.clone();
-    }
-    if fit.detector == want.detector {
-        if want.detector != DetectorKind::Gated {
-            fit.gated = want.gated.clone();
-        } else {
-            fit.gated.sdr.index_capacity = want.gated.sdr.index_capacity;
-        }
-    }
+    let (fit, to_gated) = fit_params(&have, want);
     if &fit != want {
         // Name only what could not be applied (not, say, new alert thresholds).
         let old = serde_json::to_value(&fit).expect("params serialise");

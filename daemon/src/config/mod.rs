@@ -1,8 +1,10 @@
 //! Configuration: one TOML file plus `SPARSEWATCH__…` environment overrides, on top of the
 //! compiled-in default (`default.toml`, identical to `deploy/config/sparsewatch.example.toml`).
 //!
-//! Strict: unknown keys are errors, and every value is checked before the daemon starts, so a
-//! bad configuration is reported with the key at fault and exit code 2, never half-applied.
+//! Strict: unknown keys are errors, a value must have the type of the default's (`types`: no
+//! `1883.5` rounded to a port, no `"yes"` taken for `true`), and every value is checked before
+//! the daemon starts, so a bad configuration is reported with the key at fault and exit code
+//! 2, never half-applied.
 
 use std::path::Path;
 
@@ -12,6 +14,8 @@ use thiserror::Error;
 
 use crate::mqtt::security::MqttSecurity;
 use crate::wire::{PayloadLimits, TopicTemplate};
+
+mod types;
 
 /// Upper bound of `mqtt.reconnect_max_ms`: one hour. Also keeps the doubling backoff far from
 /// `Duration` overflow.
@@ -279,52 +283,71 @@ pub fn load_with_env(
     source: Source<'_>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<ValidSettings, ConfigError> {
-    use config::{Config, Environment, File, FileFormat};
+    use config::{Config, File, FileFormat};
+    let default = types::default_tree();
     let mut builder =
         Config::builder().add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml));
+    // The user's text, kept to check its value types (see `types`).
+    let mut user_text = None;
     match source {
         Source::Default => {}
         Source::File(path) => {
             // Check it exists ourselves for a plain "cannot read" error, then let `config` parse it
             // from the path so syntax errors name the file.
-            let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            let read_error = |source| ConfigError::Read {
                 path: path.display().to_string(),
                 source,
-            })?;
+            };
+            let meta = std::fs::metadata(path).map_err(read_error)?;
             // `config` would say "configuration file \"/etc\" not found" for a directory.
             if meta.is_dir() {
-                return Err(ConfigError::Read {
-                    path: path.display().to_string(),
-                    source: std::io::ErrorKind::IsADirectory.into(),
-                });
+                return Err(read_error(std::io::ErrorKind::IsADirectory.into()));
             }
+            user_text = Some(std::fs::read_to_string(path).map_err(read_error)?);
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
-        Source::Text(text) => builder = builder.add_source(File::from_str(text, FileFormat::Toml)),
+        Source::Text(text) => {
+            user_text = Some(text.to_string());
+            builder = builder.add_source(File::from_str(text, FileFormat::Toml));
+        }
     }
     let mut credentials_dir = None;
-    let env: config::Map<String, String> = env
-        .into_iter()
-        .filter(|(k, v)| {
-            if k == CREDENTIALS_DIRECTORY {
-                credentials_dir = Some(std::path::PathBuf::from(v));
-            }
-            k.starts_with(&format!("{ENV_PREFIX}__"))
-        })
-        .collect();
-    builder = builder.add_source(
-        Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("mqtt.subscribe")
-            .source(Some(env)),
-    );
-    let settings: Settings = builder
+    for (var, raw) in env {
+        if var == CREDENTIALS_DIRECTORY {
+            credentials_dir = Some(std::path::PathBuf::from(&raw));
+        }
+        if !var.starts_with(&format!("{ENV_PREFIX}__")) {
+            continue;
+        }
+        // Typed here, not by `config`'s guess from the text (which made `007` the string "7").
+        let (key, value) = types::env_override(&var, &raw, &default)?;
+        builder = builder.set_override(&key, value).map_err(|e| {
+            invalid(
+                &var,
+                format!("is not a configuration key ({e}): overrides are named {ENV_PREFIX}__<SECTION>__<KEY>"),
+            )
+        })?;
+    }
+    let config = builder
         .build()
-        .and_then(Config::try_deserialize)
         .map_err(|e| explain_enum_error(e.to_string()))?;
+    let user = user_text.as_deref().map(types::parse).transpose()?;
+    let settings = match config.try_deserialize::<Settings>() {
+        Ok(settings) => settings,
+        Err(e) => {
+            // A misspelt choice keeps its own message (the valid values); any other failure
+            // of a value of the wrong type is told the same way as the ones `config` converts.
+            let error = explain_enum_error(e.to_string());
+            if let (ConfigError::Parse(_), Some(user)) = (&error, &user) {
+                types::check_file(user, &default)?;
+            }
+            return Err(error);
+        }
+    };
+    // `config` converted what it could (1883.5 to 1884, "yes" to true): refuse that here.
+    if let Some(user) = &user {
+        types::check_file(user, &default)?;
+    }
     validate_with(settings, credentials_dir.as_deref())
 }
 
@@ -408,6 +431,7 @@ pub fn validate_with(
     if s.mqtt.host.trim().is_empty() {
         return Err(invalid("mqtt.host", "must not be empty"));
     }
+    check_host(&s.mqtt.host, s.mqtt.tls.enabled)?;
     if s.mqtt.port == 0 {
         return Err(invalid("mqtt.port", "must be in 1..=65535"));
     }
@@ -578,6 +602,69 @@ fn check_count(key: &str, v: usize, lo: usize, hi: usize) -> Result<(), ConfigEr
     }
 }
 
+/// `mqtt.host` is joined to `mqtt.port` as `host:port` and resolved on every connection
+/// attempt, so a host that carries a port or a scheme would fail the lookup forever while
+/// `run` retries. IPv6 literals stay valid: `::1` (the lookup splits at the last ':') and,
+/// without TLS, `[::1]`; TLS takes the server name from the host, where brackets do not parse.
+fn check_host(host: &str, tls: bool) -> Result<(), ConfigError> {
+    const KEY: &str = "mqtt.host";
+    if let Some((scheme, _)) = host.split_once("://") {
+        let tls_hint = if ["mqtts", "ssl", "tls"].contains(&scheme.to_ascii_lowercase().as_str()) {
+            " and turn TLS on in [mqtt.tls] (enabled = true; the broker's TLS port is usually 8883)"
+        } else {
+            ""
+        };
+        return Err(invalid(
+            KEY,
+            format!(
+                "must be a host name or IP address, not a URL: drop \"{scheme}://\"{tls_hint}, and put any port in mqtt.port (got {host:?})"
+            ),
+        ));
+    }
+    let is_ipv6 = |h: &str| {
+        // A zone (`fe80::1%eth0`) is for the resolver; the address is what must parse.
+        let address = h.split_once('%').map_or(h, |(a, _)| a);
+        address.parse::<std::net::Ipv6Addr>().is_ok()
+    };
+    if is_ipv6(host) {
+        return Ok(());
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if is_ipv6(inner) {
+            return if tls {
+                Err(invalid(
+                    KEY,
+                    format!("with TLS, write the IPv6 address without brackets: {inner:?} (got {host:?})"),
+                ))
+            } else {
+                Ok(())
+            };
+        }
+    }
+    if let Some((name, port)) = host.rsplit_once(':') {
+        let fix = match port.parse::<u16>() {
+            Ok(port) => format!(
+                ": host = {:?} and port = {port}",
+                name.trim_start_matches('[').trim_end_matches(']')
+            ),
+            Err(_) => String::new(),
+        };
+        return Err(invalid(
+            KEY,
+            format!("must be a host name or IP address without a port; put the port in mqtt.port{fix} (got {host:?})"),
+        ));
+    }
+    if host.contains(['/', '@', '?', '#'])
+        || host.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            KEY,
+            format!("must be a host name or IP address (no path, user, spaces), got {host:?}"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_topic_level(key: &str, v: &str) -> Result<(), ConfigError> {
     if v.is_empty() || v.contains(['/', '+', '#']) || v.chars().any(char::is_control) {
         Err(invalid(
@@ -716,6 +803,271 @@ mod tests {
         assert!(load_with_env(Source::Default, env).is_err());
     }
 
+    /// `config` would convert these (1883.5 to port 1884, 0.4 to QoS 0, "yes" to true); each
+    /// must instead be refused with the key, the expected type and the value as written.
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_not_converted() {
+        let cases = [
+            (
+                "[mqtt]\nport = 1883.5",
+                "mqtt.port: expected an integer, got 1883.5",
+            ),
+            (
+                "[mqtt]\nport = 1883.0",
+                "mqtt.port: expected an integer, got 1883.0",
+            ),
+            (
+                "[mqtt]\nport = \"1884\"",
+                "mqtt.port: expected an integer, got the string \"1884\"",
+            ),
+            (
+                "[mqtt]\nport = \"x\"",
+                "mqtt.port: expected an integer, got the string \"x\"",
+            ),
+            (
+                "[mqtt]\nport = true",
+                "mqtt.port: expected an integer, got true",
+            ),
+            (
+                "[mqtt]\nqos = 0.4",
+                "mqtt.qos: expected an integer, got 0.4",
+            ),
+            (
+                "[mqtt]\nqos = 1.6",
+                "mqtt.qos: expected an integer, got 1.6",
+            ),
+            (
+                "[pipeline.framer]\nwindow_len = 32.4",
+                "pipeline.framer.window_len: expected an integer, got 32.4",
+            ),
+            (
+                "[pipeline.alert]\nthreshold = \"0.5\"",
+                "pipeline.alert.threshold: expected a number, got the string \"0.5\"",
+            ),
+            (
+                "[mqtt]\npersistent_session = \"yes\"",
+                "mqtt.persistent_session: expected true or false, got the string \"yes\"",
+            ),
+            (
+                "[mqtt]\npersistent_session = 1",
+                "mqtt.persistent_session: expected true or false, got 1",
+            ),
+            ("[node]\nid = 5", "node.id: expected a string, got 5"),
+            (
+                "[mqtt]\nsubscribe = [\"a/#\", 1]",
+                "mqtt.subscribe[1]: expected a string, got 1",
+            ),
+            (
+                "[mqtt]\nsubscribe = \"a/#\"",
+                "mqtt.subscribe: expected an array, got the string \"a/#\"",
+            ),
+            ("[mqtt]\ntls = true", "mqtt.tls: expected a table, got true"),
+            ("mqtt = 1", "mqtt: expected a table, got 1"),
+        ];
+        for (text, message) in cases {
+            let err = load_with_env(Source::Text(text), no_env())
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, format!("invalid configuration: {message}"), "{text:?}");
+        }
+        // The same check on a file, which `config` reads by path.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[mqtt]\nport = 1883.5\n").unwrap();
+        let err = load_with_env(Source::File(&file), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mqtt.port: expected an integer, got 1883.5"),
+            "{err}"
+        );
+    }
+
+    /// What the type check must keep accepting: an integer where a number is expected, an
+    /// empty list, and keys the default lacks (the projection encoder's own fields).
+    #[test]
+    fn values_of_the_right_type_still_load() {
+        let v = load_with_env(
+            Source::Text(
+                "[pipeline.framer]\ngap_factor = 8\n[pipeline.alert]\nthreshold = 1\n\
+                 [mqtt]\nsubscribe = [\"a/#\", \"b/+\"]\n",
+            ),
+            no_env(),
+        )
+        .unwrap();
+        assert_eq!(v.settings.pipeline.framer.gap_factor, 8.0);
+        assert_eq!(v.settings.pipeline.alert.threshold, 1.0);
+        assert_eq!(v.settings.mqtt.subscribe, vec!["a/#", "b/+"]);
+    }
+
+    /// Unknown keys, misspelt choices and syntax errors keep their own messages: the type
+    /// check neither hides them nor reports them in its own words.
+    #[test]
+    fn the_type_check_keeps_the_other_messages() {
+        let err = load_with_env(Source::Text("[mqtt]\nprot = 1.5\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prot") && !err.contains("expected an integer"),
+            "{err}"
+        );
+        let err = load_with_env(Source::Text("[pipeline]\ndetector = 3\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pipeline.detector: must be one of"), "{err}");
+        let err = load_with_env(Source::Text("[mqtt]\nport = 1883\nport = 2\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3, column 1"), "{err}");
+    }
+
+    /// Environment overrides are parsed as their key's type: no rounding, no guessing a string
+    /// key's type from its text.
+    #[test]
+    fn environment_overrides_are_parsed_as_their_keys_type() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let cases = [
+            (
+                "SPARSEWATCH__MQTT__PORT",
+                "1883.5",
+                "mqtt.port: expected an integer, got \"1883.5\" (from SPARSEWATCH__MQTT__PORT)",
+            ),
+            (
+                "SPARSEWATCH__MQTT__QOS",
+                "0.4",
+                "mqtt.qos: expected an integer, got \"0.4\"",
+            ),
+            (
+                "SPARSEWATCH__MQTT__PORT",
+                "",
+                "mqtt.port: expected an integer, got \"\"",
+            ),
+            (
+                "SPARSEWATCH__PIPELINE__ALERT__THRESHOLD",
+                "high",
+                "pipeline.alert.threshold: expected a number, got \"high\"",
+            ),
+            (
+                "SPARSEWATCH__MQTT__PERSISTENT_SESSION",
+                "yes",
+                "mqtt.persistent_session: expected true or false, got \"yes\"",
+            ),
+            (
+                "SPARSEWATCH__MQTT__PERSISTENT_SESSION",
+                "1",
+                "mqtt.persistent_session: expected true or false, got \"1\"",
+            ),
+            (
+                "SPARSEWATCH__MQTT__TLS",
+                "true",
+                "mqtt.tls: is a table: set its keys one by one, e.g. SPARSEWATCH__MQTT__TLS__",
+            ),
+        ];
+        for (var, value, message) in cases {
+            let err = load_with_env(Source::Default, env(var, value))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("invalid configuration: {message}")),
+                "{var}={value:?} gave {err}"
+            );
+        }
+        let v = load_with_env(Source::Default, env("SPARSEWATCH__NODE__ID", "007")).unwrap();
+        assert_eq!(v.settings.node.id, "007", "a string key keeps its text");
+        let v = load_with_env(
+            Source::Default,
+            env("SPARSEWATCH__MQTT__PERSISTENT_SESSION", "False"),
+        )
+        .unwrap();
+        assert!(!v.settings.mqtt.persistent_session);
+        let v = load_with_env(
+            Source::Default,
+            env("SPARSEWATCH__PIPELINE__FRAMER__GAP_FACTOR", "3"),
+        )
+        .unwrap();
+        assert_eq!(
+            v.settings.pipeline.framer.gap_factor, 3.0,
+            "an integer is a number"
+        );
+        let v = load_with_env(Source::Default, env("SPARSEWATCH__MQTT__SUBSCRIBE", "1")).unwrap();
+        assert_eq!(
+            v.settings.mqtt.subscribe,
+            vec!["1"],
+            "a one-level filter, not the integer 1"
+        );
+        let err = load_with_env(Source::Default, env("SPARSEWATCH__", "1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SPARSEWATCH__<SECTION>__<KEY>"), "{err}");
+    }
+
+    /// A host with a port or a scheme would fail the name lookup on every reconnect: it is
+    /// refused with the fix. IPv6 literals, which the lookup takes, still load.
+    #[test]
+    fn a_host_with_a_port_or_scheme_is_refused_with_the_fix() {
+        let host = |h: &str, tls: bool| {
+            let tls = if tls {
+                "[mqtt.tls]\nenabled = true\nca_file = \"/nonexistent\"\n"
+            } else {
+                ""
+            };
+            load_with_env(
+                Source::Text(&format!("[mqtt]\nhost = {h:?}\n{tls}")),
+                no_env(),
+            )
+        };
+        let cases = [
+            (
+                "127.0.0.1:1883",
+                "put the port in mqtt.port: host = \"127.0.0.1\" and port = 1883",
+            ),
+            (
+                "broker.local:8883",
+                "host = \"broker.local\" and port = 8883",
+            ),
+            ("[::1]:1883", "host = \"::1\" and port = 1883"),
+            ("broker:x", "put the port in mqtt.port (got \"broker:x\")"),
+            (
+                "mqtt://broker.local",
+                "drop \"mqtt://\", and put any port in mqtt.port",
+            ),
+            (
+                "mqtts://broker.local:8883",
+                "drop \"mqtts://\" and turn TLS on in [mqtt.tls]",
+            ),
+            ("broker.local/x", "no path"),
+            ("broker local", "no path, user, spaces"),
+        ];
+        for (h, fix) in cases {
+            let err = host(h, false).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid configuration: mqtt.host: "),
+                "{h}: {err}"
+            );
+            assert!(err.contains(fix), "{h}: {err}");
+        }
+        for h in [
+            "::1",
+            "[::1]",
+            "fe80::1%eth0",
+            "127.0.0.1",
+            "broker.example.net",
+            "localhost",
+        ] {
+            let v = host(h, false).unwrap_or_else(|e| panic!("{h}: {e}"));
+            assert_eq!(v.settings.mqtt.host, h);
+        }
+        // TLS names the server by the host: brackets do not parse there. (The missing CA file
+        // is only reached after the host check; that it is named shows "::1" passed.)
+        let err = host("[::1]", true).unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.host: with TLS, write the IPv6 address without brackets"),
+            "{err}"
+        );
+        let err = host("::1", true).unwrap_err().to_string();
+        assert!(err.contains("mqtt.tls.ca_file"), "{err}");
+    }
+
     #[test]
     fn http_and_security_keys_are_checked_by_name() {
         let cases = [
@@ -760,6 +1112,57 @@ mod tests {
         );
         let err = load_with_env(Source::Text(text), no_env()).unwrap_err();
         assert!(err.to_string().contains("mqtt.password_file"), "{err}");
+    }
+
+    /// The README's setup (`password_file = "mqtt-password"`, read from systemd's credentials)
+    /// fails `check-config` in a shell, where $CREDENTIALS_DIRECTORY is unset: the message must
+    /// say why and how to check it; where the variable is set or the path is absolute, the
+    /// plain error is the whole story.
+    #[test]
+    fn a_missing_relative_secret_outside_systemd_explains_credentials_directory() {
+        const HINT: &str =
+            "CREDENTIALS_DIRECTORY=/etc/sparsewatch/credentials sparsewatch check-config";
+        let relative = [
+            (
+                "[mqtt]\nusername = \"u\"\npassword_file = \"no-such-password\"\n",
+                "mqtt.password_file",
+            ),
+            (
+                "[mqtt.tls]\nenabled = true\nca_file = \"no-such-ca.pem\"\n",
+                "mqtt.tls.ca_file",
+            ),
+        ];
+        for (text, key) in relative {
+            let err = load_with_env(Source::Text(text), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{key}: cannot read ")), "{err}");
+            assert!(
+                err.contains("$CREDENTIALS_DIRECTORY") && err.contains(HINT),
+                "{err}"
+            );
+            assert!(err.contains("absolute path"), "{err}");
+            let dir = tempfile::tempdir().unwrap();
+            let env = vec![(
+                CREDENTIALS_DIRECTORY.to_string(),
+                dir.path().display().to_string(),
+            )];
+            let err = load_with_env(Source::Text(text), env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&dir.path().display().to_string()), "{err}");
+            assert!(!err.contains(HINT), "the directory is set: {err}");
+        }
+        // An absolute path that is missing needs no word on $CREDENTIALS_DIRECTORY.
+        let absolute = "[mqtt.tls]\nenabled = true\nca_file = \"/nonexistent/ca.pem\"\n";
+        let err = load_with_env(Source::Text(absolute), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mqtt.tls.ca_file: cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(!err.contains(HINT), "{err}");
     }
 
     #[test]

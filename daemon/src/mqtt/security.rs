@@ -110,7 +110,7 @@ fn credentials(
     }
     let path = resolve(&mqtt.password_file, credentials_dir);
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| invalid(KEY, format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| cannot_read(KEY, &mqtt.password_file, &path, &e, credentials_dir))?;
     let password = text.lines().next().unwrap_or("").to_string();
     if password.is_empty() {
         return Err(invalid(KEY, format!("{} is empty", path.display())));
@@ -127,7 +127,7 @@ fn client_config(
         system_roots()?
     } else {
         let key = "mqtt.tls.ca_file";
-        let certs = read_certs(key, &resolve(&t.ca_file, credentials_dir))?;
+        let certs = read_certs(key, &t.ca_file, credentials_dir)?;
         let mut roots = RootCertStore::empty();
         for c in certs {
             roots
@@ -146,9 +146,10 @@ fn client_config(
         (false, false) => {
             let certs = read_certs(
                 "mqtt.tls.client_cert_file",
-                &resolve(&t.client_cert_file, credentials_dir),
+                &t.client_cert_file,
+                credentials_dir,
             )?;
-            let key = read_key(&resolve(&t.client_key_file, credentials_dir))?;
+            let key = read_key(&t.client_key_file, credentials_dir)?;
             builder.with_client_auth_cert(certs, key).map_err(|e| {
                 invalid(
                     "mqtt.tls.client_key_file",
@@ -167,10 +168,39 @@ fn client_config(
     }
 }
 
+/// The error for a secret or certificate file that cannot be read. A relative path read
+/// outside systemd is the usual cause: the README's setup names the file relative to
+/// `$CREDENTIALS_DIRECTORY`, which only the service has, so `check-config` run from a shell
+/// looks in the working directory; the message says so and how to check the service's view.
+fn cannot_read(
+    key: &str,
+    configured: &str,
+    path: &Path,
+    e: &std::io::Error,
+    credentials_dir: Option<&Path>,
+) -> ConfigError {
+    let mut reason = format!("cannot read {}: {e}", path.display());
+    let missing = e.kind() == std::io::ErrorKind::NotFound;
+    if missing && credentials_dir.is_none() && Path::new(configured).is_relative() {
+        reason.push_str(
+            ". A relative path is looked up in $CREDENTIALS_DIRECTORY, which systemd sets for \
+             the service's LoadCredential=; it is not set here, so the path was taken from the \
+             working directory. To check the service's configuration from a shell, run \
+             `CREDENTIALS_DIRECTORY=/etc/sparsewatch/credentials sparsewatch check-config FILE` \
+             (the directory LoadCredential= reads from), or give an absolute path",
+        );
+    }
+    invalid(key, reason)
+}
+
 /// Every certificate in a PEM file; at least one.
-fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    std::fs::metadata(path)
-        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+fn read_certs(
+    key: &str,
+    configured: &str,
+    credentials_dir: Option<&Path>,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let path = &resolve(configured, credentials_dir);
+    std::fs::metadata(path).map_err(|e| cannot_read(key, configured, path, &e, credentials_dir))?;
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
@@ -186,10 +216,13 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Co
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+fn read_key(
+    configured: &str,
+    credentials_dir: Option<&Path>,
+) -> Result<PrivateKeyDer<'static>, ConfigError> {
     let key = "mqtt.tls.client_key_file";
-    std::fs::metadata(path)
-        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    let path = &resolve(configured, credentials_dir);
+    std::fs::metadata(path).map_err(|e| cannot_read(key, configured, path, &e, credentials_dir))?;
     PrivateKeyDer::from_pem_file(path).map_err(|e| {
         invalid(
             key,

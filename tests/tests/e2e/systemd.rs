@@ -48,8 +48,9 @@ fn publish_one(config: &TestConfig, topic: &str, ts: i64) {
 /// started (its status line names the restored streams), then `WATCHDOG=1` while its workers
 /// beat. On SIGHUP after the file changed the topic template and the alert threshold, it
 /// sends `RELOADING=1` with a `MONOTONIC_USEC`, applies both live (a topic shape that was
-/// unknown before now feeds a stream), names `mqtt.request_queue` as waiting for a restart,
-/// and sends `READY=1`. A second SIGHUP with an invalid file (`mqtt.qos = 7`) is rejected,
+/// unknown before now feeds a stream), names `mqtt.request_queue` as waiting for a restart
+/// and `pipeline.framer.window_len` as waiting for a restart that will discard every stream's
+/// learned state, and sends `READY=1`. A second SIGHUP with an invalid file (`mqtt.qos = 7`) is rejected,
 /// naming the key, and the running configuration stays (the new template still maps). On
 /// SIGTERM it sends `STOPPING=1`.
 #[test]
@@ -86,7 +87,10 @@ fn notify_protocol_watchdog_and_live_reload() {
 
     let mut changed = cfg.clone();
     changed.mqtt_extra = "request_queue = 512\n".into();
-    changed.extra = format!("{}\n[pipeline.alert]\nthreshold = 0.999\n", cfg.extra);
+    changed.extra = format!(
+        "{}\n[pipeline.alert]\nthreshold = 0.999\n[pipeline.framer]\nwindow_len = 64\n",
+        cfg.extra
+    );
     let text = changed.to_toml().replace(
         &format!("template = \"{}/{{site}}/{{sensor}}\"", cfg.input_root),
         &format!("template = \"{}/{{site}}/{{sensor}}/data\"", cfg.input_root),
@@ -111,11 +115,24 @@ fn notify_protocol_watchdog_and_live_reload() {
         applied.contains("pipeline.alert.threshold") && applied.contains("topics.template"),
         "{applied}"
     );
-    let restart = daemon
-        .process()
-        .wait_for_line(TIMEOUT, |l| l.contains("applied at the next restart"));
+    let restart = daemon.process().wait_for_line(TIMEOUT, |l| {
+        l.contains("applied at the next restart") && !l.contains("discard")
+    });
     assert!(
-        restart.is_some_and(|l| l.contains("mqtt.request_queue")),
+        restart.is_some_and(|l| l.contains("mqtt.request_queue") && !l.contains("window_len")),
+        "{}",
+        daemon.output()
+    );
+    // The window length is restart-only too, and the learned state cannot take it: the
+    // warning must say that the restart will throw every stream's learning away.
+    let discard = daemon.process().wait_for_line(TIMEOUT, |l| {
+        l.contains("applied at the next restart") && l.contains("discard")
+    });
+    assert!(
+        discard.is_some_and(|l| l.contains("pipeline.framer.window_len")
+            && !l.contains("mqtt.request_queue")
+            && l.contains("discard the learned state of every stream")
+            && l.contains("set these keys back")),
         "{}",
         daemon.output()
     );
