@@ -677,6 +677,19 @@ impl Worker {
         m.streams.fetch_add(1, Ordering::Relaxed);
         pipeline.reserve_scratch(&mut self.scratch);
         tracing::info!(key = %r.key, channels = ?r.channels.iter().map(|(n, _)| n).collect::<Vec<_>>(), "new stream");
+        let p = self.ctx.pipeline.get();
+        let window_dim = p.framer.window_len * channels;
+        if pipeline.dictionary().is_none() && p.coding.max_dim > 0 {
+            // Otherwise a user finds only that this stream's code topic stays silent and its
+            // events carry no atoms. Once per stream, so not rate-limited.
+            tracing::info!(
+                key = %r.key,
+                window_dim,
+                max_dim = p.coding.max_dim,
+                "stream without codes: window_len × channels is above pipeline.coding.max_dim, \
+                 so no code messages and no atoms in its events (the dictionary costs O(n³))"
+            );
+        }
         self.streams.insert(
             r.key.clone(),
             Stream {

@@ -74,6 +74,47 @@ fn every_window_publishes_a_valid_json_code() {
     assert_eq!(daemon.stop().expect("stop").code(), Some(0));
 }
 
+/// A stream too wide for the dictionary (9 channels × window 32 = 288 > max_dim 256) is
+/// scored without codes, and the log says so once with the arithmetic, where a user would
+/// otherwise only see its code topic stay silent.
+#[test]
+fn a_stream_too_wide_for_codes_is_logged() {
+    let broker = Mosquitto::start().expect("start mosquitto");
+    let config = TestConfig::new("codes-wide", broker.port());
+    let mut daemon = start_online(&config);
+    let mut publisher = TestClient::connect(config.port, &format!("{}-pub", config.node_id))
+        .expect("connect publisher");
+    let names: Vec<String> = (0..9).map(|c| format!("c{c}")).collect();
+    for i in 0..40i64 {
+        let values: Vec<(&str, f64)> = names
+            .iter()
+            .enumerate()
+            .map(|(c, n)| (n.as_str(), ((i + c as i64) as f64 * 0.3).sin()))
+            .collect();
+        publisher
+            .publish(
+                &config.input_topic("site1/wide"),
+                values_payload(T0_MS + i * 1000, &values),
+            )
+            .expect("publish");
+    }
+    publisher.flush().expect("broker acknowledged every sample");
+    let line = daemon.process().wait_for_line(TIMEOUT, |l| {
+        l.contains("stream without codes") && l.contains("key=site1/wide")
+    });
+    let line = line.unwrap_or_else(|| panic!("no such line in:\n{}", daemon.output()));
+    assert!(
+        line.contains("window_dim=288") && line.contains("max_dim=256"),
+        "{line}"
+    );
+    // The stream is scored all the same: its windows are counted, no code was published.
+    let s = daemon
+        .wait_for_summary(TIMEOUT, |s| s.get("windows") >= 3)
+        .unwrap_or_else(|| panic!("no windows; last: {:?}", daemon.last_summary()));
+    assert_eq!(s.get("codes"), 0, "{}", s.line);
+    assert_eq!(daemon.stop().expect("stop").code(), Some(0));
+}
+
 /// `output.codes.every = 4` and `format = "cbor"`: only windows 0, 4, 8, … are published,
 /// as CBOR maps with the same fields as the JSON form.
 #[test]
