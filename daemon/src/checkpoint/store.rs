@@ -162,14 +162,14 @@ impl Store {
             dir: self.dir.clone(),
             source,
         };
-        let mut opts = OpenOptions::new();
-        // Not truncated on open: until the lock is ours the pid in it is the holder's.
-        opts.read(true).write(true).create(true).truncate(false);
-        {
+        let mut file = open_lock_file(&self.path(LOCK), |path| {
+            let mut opts = OpenOptions::new();
+            // Not truncated on open: until the lock is ours the pid in it is the holder's.
+            opts.read(true).write(true).create(true).truncate(false);
             use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut file = opts.open(self.path(LOCK)).map_err(io_error)?;
+            opts.mode(0o600).open(path)
+        })
+        .map_err(io_error)?;
         // flock(2) itself, not `File::try_lock` (the same call), which needs Rust 1.89: the
         // workspace builds with 1.85, Debian's toolchain for the device packages.
         // SAFETY: flock on a descriptor owned by `file`, which outlives the call.
@@ -186,7 +186,9 @@ impl Store {
             });
         }
         // The pid only makes the other daemon's message more useful: a failure to write it
-        // (a full disk) leaves the lock held and is not worth refusing the start for.
+        // (a full disk, a file opened read-only) leaves the lock held and is not worth
+        // refusing the start for. (A second daemon reading between our flock and this write
+        // names the previous holder's pid: a window of microseconds, left as is.)
         let _ = file
             .set_len(0)
             .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()));
@@ -365,9 +367,58 @@ impl Store {
     }
 }
 
+/// Opens the lock file with `read_write`, or read-only when that is refused because another
+/// user's daemon made the file (0600) or the directory is read-only: flock needs no write
+/// access, so a second daemon run by someone else (an admin's `sparsewatch run` on
+/// /var/lib/sparsewatch) is still kept out rather than run unguarded beside the service.
+fn open_lock_file(
+    path: &Path,
+    read_write: impl FnOnce(&Path) -> io::Result<File>,
+) -> io::Result<File> {
+    match read_write(path) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            File::open(path).map_err(|_| e)
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// When the lock file cannot be opened for writing (another user's, or a read-only
+    /// directory), it is locked read-only: the holder is still seen, and a free lock is taken.
+    /// (Tests run as root, which no file mode stops, so the refusal is injected.)
+    #[test]
+    fn a_lock_file_that_cannot_be_written_is_locked_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut service = Store::open(dir.path()).unwrap();
+        service.lock_exclusive().unwrap();
+        let denied = |_: &Path| Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        let file = open_lock_file(&dir.path().join(LOCK), denied).unwrap();
+        // SAFETY: flock on a descriptor owned by `file`.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_ne!(
+            locked, 0,
+            "the service's lock must be seen through a read-only open"
+        );
+        drop(service);
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(locked, 0, "a free lock is taken read-only");
+        // Any other refusal, or no file to fall back on, stays an error.
+        let missing = dir.path().join("no-such-lock");
+        let e = open_lock_file(&missing, denied).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        let other = |_: &Path| Err(io::Error::from(io::ErrorKind::StorageFull));
+        let e = open_lock_file(&dir.path().join(LOCK), other).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+    }
 
     /// Two stores in one process hold two open files, and `flock` locks conflict between open
     /// files, so this is what a second daemon sees.
