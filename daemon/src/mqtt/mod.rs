@@ -600,7 +600,9 @@ impl Ingest {
                                  another client with this client id is probably connected \
                                  (Mosquitto disconnects the older session on a takeover, and the \
                                  two then take turns); give each daemon its own [node] id, or set \
-                                 mqtt.client_id differently"
+                                 mqtt.client_id differently. Otherwise the broker refuses what the \
+                                 daemon sends right after connecting (an ACL on its subscriptions \
+                                 or status topic, a packet size limit): see the broker's log"
                             );
                         }
                     }
@@ -714,7 +716,10 @@ impl Ingest {
             Ok(v) => v,
             Err(e) => {
                 m.count_payload_error(&e);
-                if let Some(held) = PAYLOAD_LOG[e.reason()].allow(now) {
+                // `min`: a variant added without raising REASONS shares the last limiter
+                // rather than panicking in the ingest (the payload tests check the count).
+                let limiter = &PAYLOAD_LOG[e.reason().min(PayloadError::REASONS - 1)];
+                if let Some(held) = limiter.allow(now) {
                     tracing::warn!(topic = %p.topic, error = %e, suppressed = held, "bad payload; skipped");
                 }
                 self.ack_now(token);
