@@ -285,12 +285,10 @@ pub fn load_with_env(
 ) -> Result<ValidSettings, ConfigError> {
     use config::{Config, File, FileFormat};
     let default = types::default_tree();
-    let mut builder =
-        Config::builder().add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml));
-    // The user's text, kept to check its value types (see `types`).
-    let mut user_text = None;
-    match source {
-        Source::Default => {}
+    // The user's text, kept to check its value types (see `types`) and to see which encoder
+    // it chooses before the default is laid under it.
+    let user_text = match source {
+        Source::Default => None,
         Source::File(path) => {
             // Check it exists ourselves for a plain "cannot read" error, then let `config` parse it
             // from the path so syntax errors name the file.
@@ -303,11 +301,33 @@ pub fn load_with_env(
             if meta.is_dir() {
                 return Err(read_error(std::io::ErrorKind::IsADirectory.into()));
             }
-            user_text = Some(std::fs::read_to_string(path).map_err(read_error)?);
+            Some(std::fs::read_to_string(path).map_err(read_error)?)
+        }
+        Source::Text(text) => Some(text.to_string()),
+    };
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let encoder_kind = env
+        .iter()
+        .find(|(var, _)| var == &format!("{ENV_PREFIX}__PIPELINE__MEMORY__ENCODER__KIND"))
+        .map(|(_, raw)| raw.clone())
+        .or_else(|| {
+            // A file with a syntax error is reported by `config` below, naming the file.
+            let user = types::parse(user_text.as_deref()?).ok()?;
+            match types::lookup(&user, "pipeline.memory.encoder.kind")? {
+                types::Value::String(kind) => Some(kind.clone()),
+                _ => None,
+            }
+        });
+    let mut builder = Config::builder().add_source(File::from_str(
+        &default_under_encoder(encoder_kind.as_deref()),
+        FileFormat::Toml,
+    ));
+    match source {
+        Source::Default => {}
+        Source::File(path) => {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
         Source::Text(text) => {
-            user_text = Some(text.to_string());
             builder = builder.add_source(File::from_str(text, FileFormat::Toml));
         }
     }
@@ -349,6 +369,33 @@ pub fn load_with_env(
         types::check_file(user, &default)?;
     }
     validate_with(settings, credentials_dir.as_deref())
+}
+
+/// The compiled-in default to lay under a configuration whose memory encoder is `kind`. The
+/// default's `[pipeline.memory.encoder]` holds the atom-slot encoder's keys, and `config`
+/// merges tables key by key: under `kind = "projection"` they would stay and be refused as
+/// unknown fields of the projection encoder, so that encoder could not be chosen at all. For
+/// another kind they are left out (the energy and level sub-tables are common to both).
+fn default_under_encoder(kind: Option<&str>) -> std::borrow::Cow<'static, str> {
+    const ATOM_SLOT_ONLY: [&str; 4] = ["atoms", "buckets", "window", "min_magnitude"];
+    if kind.is_none_or(|k| k == "atom_slot") {
+        return DEFAULT_CONFIG.into();
+    }
+    let mut section = "";
+    let mut out = String::with_capacity(DEFAULT_CONFIG.len());
+    for line in DEFAULT_CONFIG.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            section = trimmed;
+        }
+        let key = trimmed.split('=').next().unwrap_or_default().trim();
+        if section == "[pipeline.memory.encoder]" && ATOM_SLOT_ONLY.contains(&key) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.into()
 }
 
 /// The `config` crate reports a misspelt choice (`detector = "foo"`) as "enum DetectorKind
@@ -883,8 +930,42 @@ mod tests {
         );
     }
 
+    /// The projection encoder can be chosen, in a file or by the environment, although the
+    /// default's encoder table holds the atom-slot encoder's keys; its own fields (which the
+    /// default lacks) load, and an atom-slot key given with it is still refused as unknown.
+    #[test]
+    fn the_projection_encoder_can_be_chosen() {
+        use sparsewatch_dsp::memory::EncoderParams;
+        let text = "[pipeline]\ndetector = \"memory\"\n[pipeline.memory.encoder]\n\
+                    kind = \"projection\"\nbits = 2048\nactive = 16\nrow_weight = 4\nseed = 7\n";
+        let v = load_with_env(Source::Text(text), no_env()).unwrap();
+        match &v.settings.pipeline.memory.encoder {
+            EncoderParams::Projection(p) => {
+                assert_eq!((p.bits, p.active, p.row_weight, p.seed), (2048, 16, 4, 7));
+            }
+            other => panic!("{other:?}"),
+        }
+        let env = vec![(
+            "SPARSEWATCH__PIPELINE__MEMORY__ENCODER__KIND".to_string(),
+            "projection".to_string(),
+        )];
+        let v = load_with_env(Source::Default, env).unwrap();
+        assert!(matches!(
+            v.settings.pipeline.memory.encoder,
+            EncoderParams::Projection(_)
+        ));
+        let err = load_with_env(
+            Source::Text("[pipeline.memory.encoder]\nkind = \"projection\"\natoms = 4\n"),
+            no_env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `atoms`"), "{err}");
+    }
+
     /// What the type check must keep accepting: an integer where a number is expected, an
-    /// empty list, and keys the default lacks (the projection encoder's own fields).
+    /// integer in another base, and keys the default lacks (the projection encoder's own
+    /// fields, in `the_projection_encoder_can_be_chosen`).
     #[test]
     fn values_of_the_right_type_still_load() {
         let v = load_with_env(
@@ -898,6 +979,25 @@ mod tests {
         assert_eq!(v.settings.pipeline.framer.gap_factor, 8.0);
         assert_eq!(v.settings.pipeline.alert.threshold, 1.0);
         assert_eq!(v.settings.mqtt.subscribe, vec!["a/#", "b/+"]);
+        let v = load_with_env(Source::Text("[mqtt]\nport = 0x75B\n"), no_env()).unwrap();
+        assert_eq!(v.settings.mqtt.port, 1883);
+        // Grouped digits, in the file and in the environment alike.
+        let env = vec![("SPARSEWATCH__MQTT__PORT".to_string(), "1_884".to_string())];
+        let v = load_with_env(
+            Source::Text("[state]\ncheckpoint_interval_secs = 1_200\n"),
+            env,
+        )
+        .unwrap();
+        assert_eq!(v.settings.mqtt.port, 1884);
+        assert_eq!(v.settings.state.checkpoint_interval_secs, 1200);
+        // A wrong type in another base is shown as written.
+        let err = load_with_env(Source::Text("[node]\nid = 0x1F\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node.id: expected a string, got 0x1F"),
+            "{err}"
+        );
     }
 
     /// Unknown keys, misspelt choices and syntax errors keep their own messages: the type

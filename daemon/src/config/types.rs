@@ -49,7 +49,8 @@ fn table(t: DeTable<'_>) -> Table {
 fn value(v: DeValue<'_>) -> Value {
     match v {
         DeValue::String(s) => Value::String(s.into_owned()),
-        DeValue::Integer(i) => Value::Integer(i.as_str().to_string()),
+        // Display keeps the radix prefix (`0x1F`), which `as_str` drops.
+        DeValue::Integer(i) => Value::Integer(i.to_string()),
         DeValue::Float(f) => Value::Float(f.as_str().to_string()),
         DeValue::Boolean(b) => Value::Boolean(b),
         DeValue::Datetime(d) => Value::Datetime(d.to_string()),
@@ -164,18 +165,21 @@ pub(super) fn env_override(
             format!("expected {expected}, got {raw:?} (from {var})"),
         )
     };
+    // Digits may be grouped with `_` as in a TOML file (`1_000`), so a value moved from the
+    // file to the environment keeps working.
+    let digits = raw.replace('_', "");
     let value = match d {
         Value::String(_) => config::Value::from(raw.to_string()),
         Value::Integer(_) => {
-            if let Ok(i) = raw.parse::<i64>() {
+            if let Ok(i) = digits.parse::<i64>() {
                 config::Value::from(i)
-            } else if let Ok(u) = raw.parse::<u64>() {
+            } else if let Ok(u) = digits.parse::<u64>() {
                 config::Value::from(u)
             } else {
                 return Err(bad("an integer"));
             }
         }
-        Value::Float(_) => config::Value::from(raw.parse::<f64>().map_err(|_| bad("a number"))?),
+        Value::Float(_) => config::Value::from(digits.parse::<f64>().map_err(|_| bad("a number"))?),
         Value::Boolean(_) => config::Value::from(match raw.to_ascii_lowercase().as_str() {
             "true" => true,
             "false" => false,
@@ -201,7 +205,7 @@ pub(super) fn env_override(
 }
 
 /// The default's value at a dotted key, if the default has that key.
-fn lookup<'a>(default: &'a Table, key: &str) -> Option<&'a Value> {
+pub(super) fn lookup<'a>(default: &'a Table, key: &str) -> Option<&'a Value> {
     let mut parts = key.split('.');
     let mut v = default.get(parts.next()?)?;
     for p in parts {
