@@ -256,6 +256,7 @@ pub async fn run_service(
         tokio::spawn(reload_loop(
             rx,
             life.config_file.clone(),
+            store.is_some(),
             settings.clone(),
             ingest.clone(),
             controls.clone(),
@@ -574,9 +575,11 @@ async fn feed_watchdog(
 
 /// Reloads the configuration on every request: rejects a bad one (keeping the running one),
 /// applies the live keys, and names the keys that wait for a restart.
+#[allow(clippy::too_many_arguments)]
 async fn reload_loop(
     mut requests: mpsc::Receiver<()>,
     config_file: Option<PathBuf>,
+    keeps_state: bool,
     mut running: ValidSettings,
     ingest: Arc<Ingest>,
     controls: Controls,
@@ -601,10 +604,11 @@ async fn reload_loop(
                         Metrics::inc(&metrics.reloads);
                         // Keys the learned state cannot take get their own warning: the
                         // restart that applies them, maybe weeks later, discards every stream.
+                        // Without a state directory nothing is kept across a restart anyway.
                         let (discarding, restart): (Vec<_>, Vec<_>) = plan
                             .restart
                             .iter()
-                            .partition(|k| plan.discards_state.contains(k));
+                            .partition(|k| keeps_state && plan.discards_state.contains(k));
                         if !discarding.is_empty() {
                             tracing::warn!(keys = ?discarding, "changed, applied at the next restart, which will discard the learned state of every stream: the streams were learned with the running values of these keys, so at the next start each one is discarded and learns again from nothing (the checkpoint is kept aside as checkpoint.<ms>.discarded.swst); set these keys back before the next restart to keep what was learned");
                         }

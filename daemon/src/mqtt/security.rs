@@ -187,7 +187,8 @@ fn cannot_read(
              the service's LoadCredential=; it is not set here, so the path was taken from the \
              working directory. To check the service's configuration from a shell, run \
              `CREDENTIALS_DIRECTORY=/etc/sparsewatch/credentials sparsewatch check-config FILE` \
-             (the directory LoadCredential= reads from), or give an absolute path",
+             (the directory LoadCredential= reads from, each file named as its credential), \
+             or give an absolute path",
         );
     }
     invalid(key, reason)

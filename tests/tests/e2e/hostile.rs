@@ -256,7 +256,9 @@ fn a_timestamp_in_seconds_is_taken_as_milliseconds_and_logged() {
 
 /// Four refusals of different kinds in quick succession, each on its own topic: text that is
 /// not a number, a timestamp far in the future, a value that is a string, and a sample older
-/// than its stream's last one. Proves each is counted under its name and that each logs a
+/// than its stream's last one. Proves each is counted (the three bad payloads in
+/// `payload_errors`, the far-future one also in `bad_timestamps`, the old sample in
+/// `out_of_order`) and that each logs a
 /// warning naming its topic (for the stream refusal, its key) and what was wrong with it: a
 /// refusal of one kind does not keep the next kind out of the log, which is how a far-future
 /// `ts` or a string value used to be counted without a word.
