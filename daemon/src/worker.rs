@@ -491,6 +491,7 @@ impl Worker {
         self.ctx.metrics.streams.fetch_add(1, Ordering::Relaxed);
         let channels = r.channels.len();
         r.pipeline.reserve_scratch(&mut self.scratch);
+        log_if_codeless(&r.key, &r.pipeline);
         self.streams.insert(
             r.key,
             Stream {
@@ -677,19 +678,7 @@ impl Worker {
         m.streams.fetch_add(1, Ordering::Relaxed);
         pipeline.reserve_scratch(&mut self.scratch);
         tracing::info!(key = %r.key, channels = ?r.channels.iter().map(|(n, _)| n).collect::<Vec<_>>(), "new stream");
-        let p = self.ctx.pipeline.get();
-        let window_dim = p.framer.window_len * channels;
-        if pipeline.dictionary().is_none() && p.coding.max_dim > 0 {
-            // Otherwise a user finds only that this stream's code topic stays silent and its
-            // events carry no atoms. Once per stream, so not rate-limited.
-            tracing::info!(
-                key = %r.key,
-                window_dim,
-                max_dim = p.coding.max_dim,
-                "stream without codes: window_len × channels is above pipeline.coding.max_dim, \
-                 so no code messages and no atoms in its events (the dictionary costs O(n³))"
-            );
-        }
+        log_if_codeless(&r.key, &pipeline);
         self.streams.insert(
             r.key.clone(),
             Stream {
@@ -705,6 +694,22 @@ impl Worker {
 }
 
 /// Hands an event to the publisher; a full output queue drops it (counted).
+/// Says once, when a stream is created or restored, that it is too wide for the dictionary:
+/// otherwise a user finds only that its code topic stays silent and its events carry no atoms.
+/// Not rate-limited: once per stream.
+fn log_if_codeless(key: &str, pipeline: &Pipeline) {
+    let p = pipeline.params();
+    if pipeline.dictionary().is_none() && p.coding.max_dim > 0 {
+        tracing::info!(
+            key = %key,
+            window_dim = p.framer.window_len * pipeline.channels(),
+            max_dim = p.coding.max_dim,
+            "stream without codes: window_len × channels is above pipeline.coding.max_dim, \
+             so no code messages and no atoms in its events (the dictionary costs O(n³))"
+        );
+    }
+}
+
 fn send_event(ctx: &WorkerContext, event: OutboundEvent, key: &str) {
     if ctx.events.try_send(event).is_err() {
         Metrics::inc(&ctx.metrics.dropped_events);

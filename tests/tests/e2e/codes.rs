@@ -76,11 +76,13 @@ fn every_window_publishes_a_valid_json_code() {
 
 /// A stream too wide for the dictionary (9 channels × window 32 = 288 > max_dim 256) is
 /// scored without codes, and the log says so once with the arithmetic, where a user would
-/// otherwise only see its code topic stay silent.
+/// otherwise only see its code topic stay silent; again when a restart restores it.
 #[test]
 fn a_stream_too_wide_for_codes_is_logged() {
     let broker = Mosquitto::start().expect("start mosquitto");
-    let config = TestConfig::new("codes-wide", broker.port());
+    let state = tempfile::tempdir().expect("state dir");
+    let mut config = TestConfig::new("codes-wide", broker.port());
+    config.extra = format!("[state]\ndir = \"{}\"\n", state.path().display());
     let mut daemon = start_online(&config);
     let mut publisher = TestClient::connect(config.port, &format!("{}-pub", config.node_id))
         .expect("connect publisher");
@@ -113,6 +115,17 @@ fn a_stream_too_wide_for_codes_is_logged() {
         .unwrap_or_else(|| panic!("no windows; last: {:?}", daemon.last_summary()));
     assert_eq!(s.get("codes"), 0, "{}", s.line);
     assert_eq!(daemon.stop().expect("stop").code(), Some(0));
+
+    let mut restarted = start_online(&config);
+    let line = restarted.process().wait_for_line(TIMEOUT, |l| {
+        l.contains("stream without codes") && l.contains("key=site1/wide")
+    });
+    assert!(
+        line.is_some_and(|l| l.contains("window_dim=288")),
+        "not logged for the restored stream:\n{}",
+        restarted.output()
+    );
+    assert_eq!(restarted.stop().expect("stop").code(), Some(0));
 }
 
 /// `output.codes.every = 4` and `format = "cbor"`: only windows 0, 4, 8, … are published,
