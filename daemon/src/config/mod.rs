@@ -674,9 +674,27 @@ fn check_host(host: &str, tls: bool) -> Result<(), ConfigError> {
         address.parse::<std::net::Ipv6Addr>().is_ok()
     };
     if is_ipv6(host) {
-        return Ok(());
+        // TLS checks the broker's certificate against the host as a server name, and an
+        // address with a zone is not one (rustls refuses it at every connect).
+        return match host.split_once('%') {
+            Some((address, _)) if tls => Err(invalid(
+                KEY,
+                format!("with TLS, the address cannot carry a zone: write {address:?} or the broker's name (got {host:?})"),
+            )),
+            _ => Ok(()),
+        };
     }
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if inner.contains('%') && is_ipv6(inner) {
+            // The resolver is given the text as it is, and a zone inside brackets is not
+            // an address it reads.
+            return Err(invalid(
+                KEY,
+                format!(
+                    "write an IPv6 address with a zone without brackets: {inner:?} (got {host:?})"
+                ),
+            ));
+        }
         if is_ipv6(inner) {
             return if tls {
                 Err(invalid(
@@ -1166,6 +1184,17 @@ mod tests {
         );
         let err = host("::1", true).unwrap_err().to_string();
         assert!(err.contains("mqtt.tls.ca_file"), "{err}");
+        // A zone is for the resolver: not with TLS (no server name), not inside brackets.
+        let err = host("fe80::1%eth0", true).unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.host: with TLS, the address cannot carry a zone: write \"fe80::1\""),
+            "{err}"
+        );
+        let err = host("[fe80::1%eth0]", false).unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.host: write an IPv6 address with a zone without brackets"),
+            "{err}"
+        );
     }
 
     #[test]
